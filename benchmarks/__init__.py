@@ -1,0 +1,1 @@
+"""Benchmarks: eager vs ONNX Runtime vs served, side by side."""

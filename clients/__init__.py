@@ -1,0 +1,1 @@
+"""gRPC clients for the served models, and the `segment` command."""

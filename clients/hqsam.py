@@ -1,0 +1,155 @@
+"""`HQSamClient`: HQ-SAM over Triton's gRPC API with `SamPredictor`'s two-phase interface.
+
+    client = HQSamClient("127.0.0.1:8001")
+    client.set_image(image)                       # HWC uint8 RGB
+    masks, scores, low_res = client.predict(point_coords=[[500, 375]], point_labels=[1])
+
+`predict` returns the official shapes: [1, H, W] bool, [1], [1, 256, 256] for one prompt set;
+with batched prompts (points [N, P, 2], boxes [N, 4]) a leading N: many prompt sets cost one
+request. The image travels with every request; the server's response cache on the encoder step
+means only the first request for an image runs the encoder.
+
+`set_image` / `predict` keep per-client state like the official predictor; `segment` is
+stateless and safe to call from many threads on one client. `AsyncHQSamClient` is the asyncio
+variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from perceptserve.hqsam.prompts import as_prompt_batch
+from perceptserve.imaging import encode_png
+from perceptserve.model_repository import hqsam as api
+
+from .errors import ClientError
+
+OUTPUTS = [t.name for t in api.ENSEMBLE_OUTPUTS]
+
+
+@dataclass
+class Segmentation:
+    masks: np.ndarray  # [N, 1, H, W] bool
+    scores: np.ndarray  # [N, 1]
+    low_res_logits: np.ndarray  # [N, 1, 256, 256]
+
+    def as_predictor_output(self, single: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if single:
+            return self.masks[0], self.scores[0], self.low_res_logits[0]
+        return self.masks, self.scores, self.low_res_logits
+
+
+def _input(module, name: str, array: np.ndarray, dtype: str):
+    tensor = module.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def build_inputs(module, image: bytes, point_coords=None, point_labels=None, box=None, mask_input=None,
+                 multimask_output: bool = False, hq_token_only: bool = False):
+    """The `hqsam` ensemble's inputs (see README, "The hqsam API"); `module` is
+    `tritonclient.grpc` or its `aio` twin. Returns (inputs, single)."""
+    batch = as_prompt_batch(point_coords, point_labels, box, mask_input)
+    inputs = [_input(module, "image", np.array([image], dtype=np.object_), "BYTES")]
+    for name, value, dtype in (
+        ("point_coords", batch.point_coords, "FP32"),
+        ("point_labels", batch.point_labels, "INT32"),
+        ("boxes", batch.boxes, "FP32"),
+        ("mask_input", batch.mask_input, "FP32"),
+    ):
+        if value is not None:
+            inputs.append(_input(module, name, value, dtype))
+    inputs.append(_input(module, "multimask_output", np.array([multimask_output]), "BOOL"))
+    inputs.append(_input(module, "hq_token_only", np.array([hq_token_only]), "BOOL"))
+    return inputs, batch.single
+
+
+def _to_client_error(exc: InferenceServerException) -> ClientError:
+    status = (exc.status() or "").replace("StatusCode.", "") or None
+    return ClientError(exc.message() or str(exc), status)
+
+
+def _result(response) -> Segmentation:
+    return Segmentation(*(response.as_numpy(name) for name in OUTPUTS))
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ClientError(f"set_image takes an HWC uint8 RGB array, got {image.dtype} {list(image.shape)}")
+    return image
+
+
+class HQSamClient:
+    def __init__(self, url: str = "127.0.0.1:8001", model_name: str = api.ENSEMBLE, timeout_s: float | None = None) -> None:
+        self.url = url
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(url)
+        self._image: bytes | None = None
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Take the image for the following `predict` calls (encoded losslessly as PNG)."""
+        self._image = encode_png(_check_image(image))
+
+    def set_image_bytes(self, data: bytes) -> None:
+        """Take an already encoded PNG / JPEG / WebP file as it is."""
+        self._image = bytes(data)
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = False, hq_token_only: bool = False):
+        """(masks, scores, low_res_logits), as `SamPredictor.predict` returns them."""
+        if self._image is None:
+            raise ClientError("call set_image before predict")
+        inputs, single = build_inputs(grpcclient, self._image, point_coords, point_labels, box, mask_input,
+                                      multimask_output, hq_token_only)
+        return self._infer(inputs).as_predictor_output(single)
+
+    def segment(self, image: bytes, **prompts) -> Segmentation:
+        """One stateless request (thread-safe): encoded image bytes + `predict`'s prompt arguments."""
+        inputs, _ = build_inputs(grpcclient, image, **prompts)
+        return self._infer(inputs)
+
+    def _infer(self, inputs) -> Segmentation:
+        try:
+            response = self._client.infer(self.model_name, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
+                                          client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _to_client_error(exc) from None
+        return _result(response)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "HQSamClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncHQSamClient:
+    """asyncio variant: `await client.segment(image_bytes, point_coords=..., ...)`."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", model_name: str = api.ENSEMBLE, timeout_s: float | None = None) -> None:
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self._client = aioclient.InferenceServerClient(url)
+
+    async def segment(self, image: bytes, **prompts) -> Segmentation:
+        inputs, _ = build_inputs(aioclient, image, **prompts)
+        try:
+            response = await self._client.infer(self.model_name, inputs,
+                                                 outputs=[aioclient.InferRequestedOutput(n) for n in OUTPUTS],
+                                                 client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _to_client_error(exc) from None
+        return _result(response)
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,30 @@
+"""Pictures of results: the photo with the mask tinted and the prompts drawn on it."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)  # the official notebooks' blue
+POINT_COLOURS = {1: (0, 200, 0), 0: (230, 0, 0)}
+
+
+def draw_overlay(image: np.ndarray, mask: np.ndarray, points=None, labels=None, box=None, alpha: float = 0.55) -> Image.Image:
+    """HWC uint8 RGB photo + [H, W] bool mask -> RGB picture."""
+    tinted = image.astype(np.float32)
+    tinted[mask] = (1 - alpha) * tinted[mask] + alpha * MASK_COLOUR
+    picture = Image.fromarray(tinted.round().astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    radius = max(4, round(max(image.shape[:2]) / 100))
+    if points is not None:
+        for (x, y), label in zip(np.asarray(points).reshape(-1, 2), np.asarray(labels).reshape(-1)):
+            colour = POINT_COLOURS.get(int(label), (255, 255, 0))
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline=(255, 255, 255), width=2)
+    if box is not None:
+        draw.rectangle(np.asarray(box, dtype=float).reshape(4).tolist(), outline=(0, 255, 0), width=max(2, radius // 2))
+    return picture
+
+
+def save_mask(mask: np.ndarray, path) -> None:
+    """[H, W] bool -> PNG with 0 and 255."""
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)

@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX -> TensorRT, with parity checks against the reference models."""

@@ -1,0 +1,124 @@
+"""`perceptserve export hqsam`: an HQ-SAM checkpoint -> the HQ-SAM models of a Triton model
+repository, checked against the official model.
+
+Steps: build the official model and load the checkpoint strictly (or seed random weights),
+export the image encoder and the prompt decoder to ONNX (dynamic batch / prompt sets / points),
+optionally convert to fp16 and build TensorRT engines, write every model's `cpu` and `gpu`
+configs, then run the parity check on a real photo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage import data as sample_images
+
+from perceptserve.hqsam import checkpoint, registry
+from perceptserve.hqsam.export_modules import ImageEncoder, PromptDecoder
+from perceptserve.hqsam.onnx_predictor import OnnxPredictor
+from perceptserve.model_repository import hqsam as names
+from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
+from perceptserve.model_repository.writer import version_dir, write_models
+from perceptserve.settings import Settings
+
+from . import onnx_io, parity, tensorrt
+from .progress import Steps
+
+
+@dataclasses.dataclass(frozen=True)
+class HQSamExport:
+    model: str | registry.ModelConfig
+    repository: Path
+    checkpoint: Path | None = None  # None: random weights from `seed`
+    seed: int = 0
+    precision: str = "fp32"
+    tensorrt: bool = False
+    allow_missing_hq: bool = False
+    parity_image: np.ndarray | None = None  # default: skimage's coffee photo
+
+
+def load_model(job: HQSamExport):
+    sam = registry.build_reference(job.model)
+    if job.checkpoint is None:
+        return registry.randomize_(sam, job.seed)
+    state = checkpoint.read_state_dict(job.checkpoint)
+    checkpoint.load_strict(sam, state, allow_missing_hq=job.allow_missing_hq)
+    return sam
+
+
+def export_encoder(sam, path: Path) -> Path:
+    batch = torch.export.Dim("batch", min=1, max=64)
+    example = (torch.zeros(2, 1024, 1024, 3, dtype=torch.uint8), torch.tensor([[1024, 768], [683, 1024]]))
+    return onnx_io.export(
+        ImageEncoder(sam).eval(),
+        example,
+        path,
+        input_names=[t.name for t in names.ENCODER_INPUTS],
+        output_names=[t.name for t in names.ENCODER_OUTPUTS],
+        dynamic_shapes={"image": {0: batch}, "input_size": {0: batch}},
+    )
+
+
+def export_decoder(sam, path: Path) -> Path:
+    sets, points = torch.export.Dim("prompt_sets", min=1, max=1024), torch.export.Dim("points", min=0, max=1024)
+    n, p = 3, 4
+    example = (
+        torch.zeros(1, 256, 64, 64),
+        torch.zeros(1, 32, 256, 256),
+        torch.rand(n, p, 2) * 1024,
+        torch.tensor([[1.0, 0.0, 2.0, 3.0]] * n),
+        torch.zeros(n, 1, 256, 256),
+        torch.tensor([0.0]),
+        torch.tensor([False]),
+        torch.tensor([False]),
+    )
+    return onnx_io.export(
+        PromptDecoder(sam).eval(),
+        example,
+        path,
+        input_names=[t.name for t in names.DECODER_INPUTS],
+        output_names=[t.name for t in names.DECODER_OUTPUTS],
+        dynamic_shapes=(None, None, {0: sets, 1: points}, {0: sets, 1: points}, {0: sets}, None, None, None),
+    )
+
+
+def run(job: HQSamExport, settings: Settings) -> parity.ParityReport:
+    """Export, write the repository, check parity; returns the report (the CLI sets the exit code)."""
+    if job.tensorrt:
+        tensorrt.require_tensorrt()  # fail before minutes of export, not after
+    steps = Steps(total=5 + (job.precision == "fp16") + job.tensorrt)
+    with steps.step("loading the official model" + (f" from {job.checkpoint}" if job.checkpoint else " (random weights)")):
+        sam = load_model(job)
+    onnx_paths = {
+        names.ENCODER: version_dir(job.repository, names.ENCODER) / ONNX_FILE,
+        names.DECODER: version_dir(job.repository, names.DECODER) / ONNX_FILE,
+    }
+    with torch.no_grad():
+        with steps.step("exporting the image encoder to ONNX"):
+            export_encoder(sam, onnx_paths[names.ENCODER])
+        with steps.step("exporting the prompt decoder to ONNX"):
+            export_decoder(sam, onnx_paths[names.DECODER])
+    if job.precision == "fp16":
+        with steps.step("converting to fp16 (norms, softmax and erf kept in fp32)"):
+            for path in onnx_paths.values():
+                onnx_io.to_fp16(path)
+    for path in onnx_paths.values():
+        (path.parent / PLAN_FILE).unlink(missing_ok=True)  # a stale engine must not outlive its model
+    if job.tensorrt:
+        with steps.step("building TensorRT engines"):
+            serving = settings.hqsam
+            profiles = tensorrt.hqsam_profiles(
+                serving.encoder_batching.max_batch_size, serving.max_prompt_sets, serving.max_points
+            )
+            for key, model in (("encoder", names.ENCODER), ("decoder", names.DECODER)):
+                path = onnx_paths[model]
+                tensorrt.build_engine(path, path.parent / PLAN_FILE, profiles[key], fp16=job.precision == "fp16")
+    with steps.step("writing the model repository configs (cpu and gpu)"):
+        write_models(job.repository, names.definitions(settings), settings)
+    with steps.step("parity check against the official SamPredictor"):
+        image = sample_images.coffee() if job.parity_image is None else job.parity_image
+        with torch.no_grad():
+            return parity.check(sam, OnnxPredictor(job.repository), image, job.precision)

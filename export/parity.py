@@ -1,0 +1,106 @@
+"""Parity of our ONNX pipeline with the official HQ-SAM `SamPredictor` on a real photo.
+
+Compared: image embeddings and `hq_features` (max abs difference, relative to the reference's
+largest magnitude), low-resolution logits, and the final masks (IoU), for points, a negative
+point, a box, box + point, under every `multimask_output` x `hq_token_only` combination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+import torch
+from segment_anything_hq import SamPredictor
+from segment_anything_hq.modeling import Sam
+
+from perceptserve.hqsam.onnx_predictor import OnnxPredictor
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    relative: float  # max |ours - ref| / max |ref|
+    mask_iou: float
+
+    @classmethod
+    def for_precision(cls, precision: str) -> "Tolerance":
+        return cls(1e-3, 0.99) if precision == "fp32" else cls(5e-2, 0.95)
+
+
+@dataclass
+class ParityReport:
+    tolerance: Tolerance
+    rows: list[tuple[str, float, float]] = field(default_factory=list)  # (what, max abs diff, relative)
+    ious: list[tuple[str, float]] = field(default_factory=list)
+
+    def add(self, what: str, ours: np.ndarray, reference: np.ndarray) -> None:
+        diff = float(np.abs(ours.astype(np.float64) - reference).max())
+        self.rows.append((what, diff, diff / max(float(np.abs(reference).max()), 1e-12)))
+
+    @property
+    def min_iou(self) -> float:
+        return min(iou for _, iou in self.ious)
+
+    @property
+    def passed(self) -> bool:
+        return all(rel <= self.tolerance.relative for *_, rel in self.rows) and self.min_iou >= self.tolerance.mask_iou
+
+    def format(self) -> str:
+        lines = ["parity against the official segment_anything_hq SamPredictor:"]
+        lines += [f"  {what:<44} max abs diff {diff:.3e}  relative {rel:.3e}" for what, diff, rel in self.rows]
+        worst = min(self.ious, key=lambda item: item[1])
+        lines.append(f"  mask IoU over {len(self.ious)} cases: min {self.min_iou:.5f} ({worst[0]})")
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(
+            f"  {verdict} (tolerance: relative <= {self.tolerance.relative:g}, mask IoU >= {self.tolerance.mask_iou})"
+        )
+        return "\n".join(lines)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def prompt_cases(height: int, width: int) -> dict[str, dict]:
+    """Prompts placed relative to the image size."""
+    cx, cy = width * 0.5, height * 0.45
+    box = np.array([width * 0.2, height * 0.15, width * 0.8, height * 0.85])
+    return {
+        "point": {"point_coords": np.array([[cx, cy]]), "point_labels": np.array([1])},
+        "points + negative": {
+            "point_coords": np.array([[cx, cy], [width * 0.1, height * 0.1], [cx + width * 0.1, cy]]),
+            "point_labels": np.array([1, 0, 1]),
+        },
+        "box": {"box": box},
+        "box + point": {"box": box, "point_coords": np.array([[cx, cy]]), "point_labels": np.array([1])},
+    }
+
+
+def reference_hq_features(sam: Sam, predictor: SamPredictor) -> np.ndarray:
+    decoder = sam.mask_decoder
+    early = predictor.interm_features[0].permute(0, 3, 1, 2)
+    with torch.no_grad():
+        return (decoder.embedding_encoder(predictor.features) + decoder.compress_vit_feat(early)).numpy()
+
+
+def check(sam: Sam, ours: OnnxPredictor, image: np.ndarray, precision: str = "fp32") -> ParityReport:
+    report = ParityReport(Tolerance.for_precision(precision))
+    reference = SamPredictor(sam)
+    reference.set_image(image)
+    ours.set_image(image)
+    report.add("image_embeddings [1, 256, 64, 64]", ours.features[0], reference.features.numpy())
+    report.add("hq_features [1, 32, 256, 256]", ours.features[1], reference_hq_features(sam, reference))
+    worst: dict[str, tuple[float, float]] = {}
+    for (name, prompt), multimask, hq_only in product(prompt_cases(*image.shape[:2]).items(), (False, True), (False, True)):
+        ref_masks, ref_scores, ref_low = reference.predict(**prompt, multimask_output=multimask, hq_token_only=hq_only)
+        masks, scores, low = ours.predict(**prompt, multimask_output=multimask, hq_token_only=hq_only)
+        report.ious.append((f"{name}, multimask={multimask}, hq_token_only={hq_only}", mask_iou(masks, ref_masks)))
+        for what, mine, theirs in (("low_res_logits", low, ref_low), ("iou_predictions", scores, ref_scores)):
+            diff = float(np.abs(mine - theirs).max())
+            relative = diff / max(float(np.abs(theirs).max()), 1e-12)
+            worst[what] = max(worst.get(what, (0.0, 0.0)), (relative, diff))
+    for what, (relative, diff) in worst.items():
+        report.rows.append((f"{what}, worst of {len(report.ious)} prompt cases", diff, relative))
+    return report

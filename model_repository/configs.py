@@ -1,0 +1,107 @@
+"""One `ModelDefinition` -> Triton's `ModelConfig` protobuf for the `cpu` or the `gpu` target.
+
+Building the protobuf (rather than formatting text) means a config that Triton would reject as
+malformed cannot be written at all.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from perceptserve.settings import GpuOnnxRuntime, Settings
+
+from .definitions import ModelDefinition, Runtime, Tensor
+
+ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+
+
+def _tensor(message, tensor: Tensor) -> None:
+    message.name = tensor.name
+    message.data_type = mc.DataType.Value(f"TYPE_{tensor.dtype}")
+    message.dims.extend(tensor.dims)
+    if tensor.optional:
+        message.optional = True
+
+
+def _tensorrt_accelerator(config: mc.ModelConfig, trt: GpuOnnxRuntime, model_name: str) -> None:
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
+    accelerator.name = "tensorrt"
+    for key, value in {
+        "precision_mode": trt.precision_mode,
+        "max_workspace_size_bytes": str(trt.max_workspace_size_bytes),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"{trt.engine_cache_path}/{model_name}",
+    }.items():
+        accelerator.parameters[key] = value
+
+
+def _warmup(config: mc.ModelConfig, definition: ModelDefinition) -> None:
+    warmup = config.model_warmup.add()
+    warmup.name = "zeros"
+    warmup.batch_size = 1 if definition.max_batch_size > 0 else 0
+    for tensor in definition.inputs:
+        if tensor.optional:
+            continue
+        data = warmup.inputs[tensor.name]
+        data.data_type = mc.DataType.Value(f"TYPE_{tensor.dtype}")
+        data.dims.extend(tensor.dims)
+        data.zero_data = True
+
+
+def render(definition: ModelDefinition, target: str, settings: Settings, *, has_plan: bool = False) -> mc.ModelConfig:
+    """The config of `definition` on `target` ("cpu" or "gpu")."""
+    config = mc.ModelConfig(name=definition.name, max_batch_size=definition.max_batch_size)
+    for tensor in definition.inputs:
+        _tensor(config.input.add(), tensor)
+    for tensor in definition.outputs:
+        _tensor(config.output.add(), tensor)
+    for key, value in definition.parameters.items():
+        config.parameters[key].string_value = value
+
+    if definition.runtime is Runtime.ENSEMBLE:
+        config.platform = "ensemble"
+        for step in definition.steps:
+            message = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
+            message.input_map.update(step.inputs)
+            message.output_map.update(step.outputs)
+        return config
+
+    on_gpu = target == "gpu" and definition.runtime is Runtime.ONNX
+    if definition.runtime is Runtime.PYTHON or not on_gpu:
+        config.backend = "python"
+    if definition.runtime is Runtime.ONNX and not on_gpu:
+        config.parameters["onnx_file"].string_value = ONNX_FILE
+        config.parameters["intra_op_num_threads"].string_value = str(settings.hqsam.onnxruntime_threads)
+    if on_gpu and has_plan:
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = PLAN_FILE
+    elif on_gpu:
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = ONNX_FILE
+        _tensorrt_accelerator(config, settings.gpu_onnxruntime, definition.name)
+
+    group = config.instance_group.add()
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+    group.count = definition.instances.for_target(target) if definition.instances else 1
+
+    if definition.dynamic_batching:
+        batching = definition.dynamic_batching
+        config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+        config.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
+    if definition.response_cache:
+        config.response_cache.enable = True
+    if definition.warmup:
+        _warmup(config, definition)
+    return config
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse(text: str) -> mc.ModelConfig:
+    """Parse a config.pbtxt as Triton would (tests use this on every written config)."""
+    return text_format.Parse(text, mc.ModelConfig())

@@ -1,0 +1,70 @@
+"""HQ-SAM preprocessing: untrusted image bytes and prompts -> the encoder's and decoder's inputs.
+
+Each request is checked on its own: a bad one gets INVALID_ARGUMENT naming the problem and the
+others of the same batch go on.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from perceptserve.hqsam.geometry import resize_and_pad
+from perceptserve.hqsam.prompts import PromptError, PromptLimits, build_decoder_prompts
+from perceptserve.imaging import ImageError, decode_image
+
+PROMPT_INPUTS = ("point_coords", "point_labels", "boxes", "mask_input")
+
+
+def _optional(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _flag(request, name):
+    value = _optional(request, name)
+    if value is None:
+        return np.array([False])
+    if value.size != 1:
+        raise PromptError(f"{name} must hold one boolean, got shape {list(value.shape)}")
+    return value.reshape(1).astype(bool)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        self.max_image_pixels = int(parameters["max_image_pixels"])
+        self.limits = PromptLimits(int(parameters["max_prompt_sets"]), int(parameters["max_points"]))
+
+    def _process(self, request):
+        encoded = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+        if encoded.size != 1:
+            raise ImageError(f"image must hold one encoded image, got {encoded.size}")
+        image = decode_image(encoded.reshape(-1)[0], self.max_image_pixels)
+        original_size = image.shape[:2]
+        prompts = build_decoder_prompts(
+            original_size, self.limits, **{name: _optional(request, name) for name in PROMPT_INPUTS}
+        )
+        padded, input_size = resize_and_pad(image)
+        tensors = {
+            "encoder_image": padded[None],
+            "input_size": np.array([input_size], dtype=np.int64),
+            "original_size": np.array(original_size, dtype=np.int64),
+            "decoder_point_coords": prompts.point_coords,
+            "decoder_point_labels": prompts.point_labels,
+            "decoder_mask_input": prompts.mask_input,
+            "has_mask_input": prompts.has_mask_input,
+            "multimask_flag": _flag(request, "multimask_output"),
+            "hq_token_only_flag": _flag(request, "hq_token_only"),
+        }
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._process(request))
+            except (ImageError, PromptError) as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+        return responses

@@ -1,0 +1,140 @@
+"""`perceptserve export|serve|segment|bench|demo`: one command line over the package.
+
+Each subcommand is a function taking the parsed arguments and returning an exit status. Errors a
+user can fix are raised as `UserError` (or a known library error) and printed as one line,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from perceptserve import settings as settings_module
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; printed as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from perceptserve.clients.errors import ClientError
+    from perceptserve.export.tensorrt import TensorRTUnavailable
+    from perceptserve.hqsam.checkpoint import CheckpointError
+    from perceptserve.server.launcher import ServerError
+
+    return (UserError, CheckpointError, TensorRTUnavailable, ClientError, ServerError, FileNotFoundError)
+
+
+def cmd_export_hqsam(args: argparse.Namespace) -> int:
+    from perceptserve.export.hqsam import HQSamExport, run
+
+    job = HQSamExport(
+        model=args.model_type,
+        repository=args.repository,
+        checkpoint=args.checkpoint,
+        seed=args.seed,
+        precision=args.precision,
+        tensorrt=args.tensorrt,
+        allow_missing_hq=args.allow_missing_hq,
+    )
+    report = run(job, settings_module.from_env())
+    print(report.format())
+    print(f"model repository written to {args.repository}")
+    return 0 if report.passed else 3
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from perceptserve.server.launcher import serve_forever
+
+    return serve_forever(args.repository, args.config, _server_settings(args), log_file=args.log_file)
+
+
+def _server_settings(args: argparse.Namespace):
+    import dataclasses
+
+    base = settings_module.from_env()
+    return dataclasses.replace(
+        base.server,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+    )
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from perceptserve.clients.segment import segment_command
+
+    return segment_command(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from perceptserve.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perceptserve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser("export", help="export a model family into a Triton model repository")
+    families = export.add_subparsers(dest="family", required=True)
+    hqsam = families.add_parser("hqsam", help="HQ-SAM: encoder + HQ decoder to ONNX, with parity check")
+    hqsam.add_argument("--model-type", required=True, choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
+    source = hqsam.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="official HQ-SAM checkpoint (sam_hq_vit_*.pth)")
+    source.add_argument("--random-init", action="store_true", help="random weights (tests, demos)")
+    hqsam.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    hqsam.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    hqsam.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    hqsam.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU + tensorrt)")
+    hqsam.add_argument("--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)")
+    hqsam.set_defaults(func=cmd_export_hqsam)
+
+    serve = commands.add_parser("serve", help="run the bundled tritonserver on a model repository")
+    serve.add_argument("--repository", type=Path, required=True)
+    serve.add_argument("--config", choices=list(settings_module.TARGETS), default="cpu")
+    defaults = settings_module.ServerSettings()
+    serve.add_argument("--grpc-port", type=int, default=defaults.grpc_port)
+    serve.add_argument("--http-port", type=int, default=defaults.http_port)
+    serve.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
+    serve.add_argument("--host", default=defaults.host, help="address to bind (default: loopback only)")
+    serve.add_argument("--log-file", type=Path, help="server log (default: a file in the temp folder)")
+    serve.set_defaults(func=cmd_serve)
+
+    segment = commands.add_parser("segment", help="segment an image with HQ-SAM over gRPC")
+    segment.add_argument("image", type=Path)
+    segment.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]", help="repeatable; LABEL 1 (default) or 0")
+    segment.add_argument("--box", metavar="X0,Y0,X1,Y1")
+    segment.add_argument("--multimask", action="store_true")
+    segment.add_argument("--hq-token-only", action="store_true")
+    segment.add_argument("--out", type=Path, required=True, help="mask PNG, 0/255 at the image's size")
+    segment.add_argument("--overlay", type=Path, help="the photo with the mask and prompts drawn on it")
+    segment.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    segment.set_defaults(func=cmd_segment)
+
+    demo = commands.add_parser("demo", help="export, serve and segment a sample photo end to end")
+    demo.add_argument("--model-type", default="vit_tiny", choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
+    demo.add_argument("--checkpoint", type=Path)
+    demo.add_argument("--repository", type=Path, default=Path("repository"))
+    demo.add_argument("--out", type=Path, default=Path("demo-output"))
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"perceptserve {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The two HQ-SAM graphs we export, built from the official modules.
+
+`ImageEncoder` runs once per image and returns everything that depends on the image alone,
+`hq_features` included, so the prompt decoder never sees the ViT's intermediate features.
+`PromptDecoder` takes the prompts of N prompt sets of one image and selects the output mask with
+`multimask_output` and `hq_token_only` given at run time, as `MaskDecoderHQ.forward` does.
+"""
+
+from __future__ import annotations
+
+import torch
+from segment_anything_hq.modeling import Sam
+from segment_anything_hq.modeling.tiny_vit_sam import PatchMerging
+from torch import nn
+
+from .geometry import IMAGE_SIZE
+
+
+class _BatchDynamicPatchMerging(PatchMerging):
+    """TinyViT's `PatchMerging` reads the batch size with `len(x)`, a Python int that freezes the
+    exported batch dimension (why the official `vit_tiny` export fails). Same computation, with
+    the batch size read from the tensor's shape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            height, width = self.input_resolution
+            x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+def _make_batch_dynamic(encoder: nn.Module) -> None:
+    for module in encoder.modules():
+        if type(module) is PatchMerging:
+            module.__class__ = _BatchDynamicPatchMerging
+
+
+class ImageEncoder(nn.Module):
+    """uint8 image [B, 1024, 1024, 3] (resized, zero-padded) + its resized size [B, 2] ->
+    image_embeddings [B, 256, 64, 64], hq_features [B, 32, 256, 256].
+
+    Normalisation and padding live in the graph (they belong on the GPU, and a uint8 input is a
+    quarter of the float one on the wire and in the response cache's key). Padding must be zero
+    *after* normalisation, which is why the valid size is an input.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+        _make_batch_dynamic(self.image_encoder)
+        self.embedding_encoder = sam.mask_decoder.embedding_encoder
+        self.compress_vit_feat = sam.mask_decoder.compress_vit_feat
+        self.register_buffer("pixel_mean", sam.pixel_mean.clone(), persistent=False)
+        self.register_buffer("pixel_std", sam.pixel_std.clone(), persistent=False)
+
+    def forward(self, image: torch.Tensor, input_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = image.permute(0, 3, 1, 2).to(self.pixel_mean.dtype)
+        x = (x - self.pixel_mean) / self.pixel_std
+        index = torch.arange(IMAGE_SIZE, device=image.device)
+        rows_valid = index[None, :] < input_size[:, 0:1]  # [B, 1024]
+        cols_valid = index[None, :] < input_size[:, 1:2]
+        valid = rows_valid[:, None, :, None] & cols_valid[:, None, None, :]
+        x = torch.where(valid, x, torch.zeros_like(x))
+        image_embeddings, interm_embeddings = self.image_encoder(x)
+        early = interm_embeddings[0].permute(0, 3, 1, 2)
+        hq_features = self.embedding_encoder(image_embeddings) + self.compress_vit_feat(early)
+        return image_embeddings, hq_features
+
+
+class PromptDecoder(nn.Module):
+    """Prompt encoding + HQ mask decoding for N prompt sets of one image.
+
+    Inputs, in the 1024-pixel frame of the encoder input:
+      point_coords [N, P, 2] float, point_labels [N, P] float: points, box corners (labels 2, 3)
+        and padding points (label -1) exactly as `PromptEncoder` would build them;
+      mask_input [N, 1, 256, 256] and has_mask_input [1] (0 or 1);
+      multimask_output [1], hq_token_only [1] (bool).
+    Outputs low_res_logits [N, 1, 256, 256] and iou_predictions [N, 1].
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+
+    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        coords = (coords + 0.5) / IMAGE_SIZE  # pixel centres, normalised (input is square)
+        embedding = pe.pe_layer._pe_encoding(coords)
+        labels = labels.unsqueeze(-1)
+        embedding = torch.where(labels == -1, torch.zeros_like(embedding), embedding)
+        embedding = embedding + (labels == -1) * pe.not_a_point_embed.weight
+        for label, point_embedding in enumerate(pe.point_embeddings):
+            embedding = embedding + (labels == label) * point_embedding.weight
+        return embedding
+
+    def _embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        has_mask = has_mask_input.reshape(1, 1, 1, 1)
+        return has_mask * pe.mask_downscaling(mask_input) + (1 - has_mask) * no_mask
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        hq_features: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        multimask_output: torch.Tensor,
+        hq_token_only: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse = self._embed_points(point_coords, point_labels)
+        dense = self._embed_mask(mask_input, has_mask_input)
+        masks, iou = self.mask_decoder.predict_masks(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            hq_features=hq_features,
+        )
+        # Both of MaskDecoderHQ.forward's selections, chosen by the runtime flags.
+        best_iou, best = torch.max(iou[:, 1:4], dim=1)
+        multi_mask = torch.gather(masks[:, 1:4], 1, best.reshape(-1, 1, 1, 1).expand(-1, 1, *masks.shape[2:]))
+        multimask = multimask_output.reshape(1, 1, 1, 1)
+        sam_mask = torch.where(multimask, multi_mask, masks[:, 0:1])
+        iou_out = torch.where(multimask.reshape(1, 1), best_iou.unsqueeze(1), iou[:, 0:1])
+        hq_mask = masks[:, 4:5]
+        low_res = torch.where(hq_token_only.reshape(1, 1, 1, 1), hq_mask, sam_mask + hq_mask)
+        return low_res, iou_out

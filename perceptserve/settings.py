@@ -1,0 +1,104 @@
+"""Every serving setting in one place. The model repository's configs, the server's flags and
+the Helm chart's defaults are written from these; nothing is edited by hand in two places.
+
+Settings are frozen dataclasses; override them in code with `dataclasses.replace`, or with the
+environment variables named in `from_env`, which the CLI reads once at start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+DeviceTarget = str  # "cpu" (embedded tritonserver, python backend + ONNX Runtime) or "gpu" (NGC image)
+TARGETS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class InstanceCounts:
+    cpu: int
+    gpu: int
+
+    def for_target(self, target: DeviceTarget) -> int:
+        return self.cpu if target == "cpu" else self.gpu
+
+
+@dataclass(frozen=True)
+class EncoderBatching:
+    """Dynamic batching of the image encoder: concurrent clients' images share one run."""
+
+    max_batch_size: int = 8
+    preferred_batch_sizes: tuple[int, ...] = (4, 8)
+    max_queue_delay_us: int = 2000
+    # Back-pressure: beyond this many queued requests Triton refuses at once (UNAVAILABLE)
+    # rather than letting latency grow without bound.
+    max_queue_size: int = 64
+
+
+@dataclass(frozen=True)
+class HQSamServing:
+    encoder_batching: EncoderBatching = field(default_factory=EncoderBatching)
+    encoder_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
+    decoder_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
+    python_instances: InstanceCounts = InstanceCounts(cpu=2, gpu=4)  # pre/post-processing
+    # ONNX Runtime threads per CPU instance (0: one per core).
+    onnxruntime_threads: int = 0
+    # Untrusted-input limits, enforced by the preprocessing model.
+    max_image_pixels: int = 40_000_000
+    max_prompt_sets: int = 64
+    max_points: int = 64
+    mask_threshold: float = 0.0
+    # Warm-up requests run before a model reports READY, so the first user does not pay them.
+    warmup: bool = True
+    # The response cache keyed by the preprocessed image is what makes a second prompt on the
+    # same image skip the encoder (see README, "Embedding reuse").
+    encoder_response_cache: bool = True
+
+
+@dataclass(frozen=True)
+class GpuOnnxRuntime:
+    """The ONNX Runtime backend's TensorRT execution provider in the `gpu` configs."""
+
+    precision_mode: str = "FP16"
+    max_workspace_size_bytes: int = 4 << 30
+    engine_cache_path: str = "/cache/tensorrt"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    response_cache_bytes: int = 1 << 30
+    exit_timeout_s: int = 30
+    startup_timeout_s: float = 600.0
+    # Initial shared-memory region per python-backend model instance; it grows on demand.
+    python_shm_default_bytes: int = 16 << 20
+    python_shm_growth_bytes: int = 16 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    hqsam: HQSamServing = field(default_factory=HQSamServing)
+    gpu_onnxruntime: GpuOnnxRuntime = field(default_factory=GpuOnnxRuntime)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+
+ENV_OVERRIDES = {
+    "PERCEPTSERVE_MAX_IMAGE_PIXELS": ("hqsam", "max_image_pixels", int),
+    "PERCEPTSERVE_ORT_THREADS": ("hqsam", "onnxruntime_threads", int),
+    "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
+}
+
+
+def from_env(environ: dict[str, str] | None = None) -> Settings:
+    """Defaults, with the few values operators tune per deployment taken from the environment."""
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    for variable, (section, name, parse) in ENV_OVERRIDES.items():
+        if variable in environ:
+            part = dataclasses.replace(getattr(settings, section), **{name: parse(environ[variable])})
+            settings = dataclasses.replace(settings, **{section: part})
+    return settings

@@ -1,0 +1,1 @@
+"""Launching the bundled tritonserver."""

@@ -1,0 +1,228 @@
+"""Running the tritonserver that `nvidia-pytriton` ships (2.51, python backend only).
+
+`TritonServer` starts it on a model repository with the `cpu` or `gpu` configs, waits until it
+is ready, and stops it; `serve_forever` is `perceptserve serve`: it prints the endpoints,
+forwards SIGINT/SIGTERM and exits with the server's status. A server that fails to start is
+reported with a one-line reason and the tail of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from perceptserve.settings import ServerSettings
+
+LOG_TAIL_LINES = 25
+
+
+class ServerError(RuntimeError):
+    """The server could not start or stopped unexpectedly; the message is one line."""
+
+
+@dataclass(frozen=True)
+class BundledTriton:
+    binary: Path
+    backends: Path  # a backend folder holding the python backend and the stub for this Python
+    caches: Path
+    libraries: Path
+
+    @classmethod
+    def locate(cls) -> "BundledTriton":
+        try:
+            import pytriton
+        except ImportError:
+            raise ServerError("nvidia-pytriton is not installed: run `make install`") from None
+        root = Path(pytriton.__file__).parent / "tritonserver"
+        libraries = root.parent.parent / "nvidia_pytriton.libs"
+        return cls(root / "bin" / "tritonserver", _python_backend_folder(root), root / "caches", libraries)
+
+
+def _python_backend_folder(root: Path) -> Path:
+    """A backend folder with the python backend and the stub built for the running Python.
+
+    The wheel keeps one stub per Python version beside the backend; Triton looks for it inside
+    the backend's folder, so we assemble that folder once per environment.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    folder = Path(sys.prefix) / "var" / "perceptserve" / f"triton-backends-py{version}"
+    python = folder / "python"
+    stub = python / "triton_python_backend_stub"
+    if not stub.exists():
+        python.mkdir(parents=True, exist_ok=True)
+        for item in (root / "backends" / "python").iterdir():
+            if item.is_file():
+                shutil.copy2(item, python / item.name)
+        shutil.copy2(root / "python_backend_stubs" / version / "triton_python_backend_stub", stub)
+    return folder
+
+
+def _reason(log: str) -> str:
+    """The most telling error line of a failed start, without Triton's log prefix."""
+    errors = [line for line in log.splitlines() if re.match(r"^E\d{4} ", line) or line.startswith("error:")]
+    errors = [e for e in errors if "NVML" not in e and "DCGM" not in e and "CUDA driver" not in e and "stream for" not in e]
+    if not errors:
+        return "tritonserver exited during start-up"
+    line = re.sub(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ', "", errors[-1]).strip().strip('"')
+    return line.replace("\\n", " ").replace('\\"', '"')
+
+
+class TritonServer:
+    def __init__(self, repository: Path, config: str = "cpu", settings: ServerSettings | None = None, log_file: Path | None = None) -> None:
+        self.repository = Path(repository).resolve()
+        self.config = config
+        self.settings = settings or ServerSettings()
+        self.log_file = Path(log_file) if log_file else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.settings.host in ("0.0.0.0", "::", "") else self.settings.host
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.settings.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._client_host}:{self.settings.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.settings.metrics_port}/metrics"
+
+    def command(self, triton: BundledTriton) -> list[str]:
+        s = self.settings
+        return [
+            str(triton.binary),
+            f"--model-repository={self.repository}",
+            f"--model-config-name={self.config}",
+            "--model-control-mode=none",
+            f"--backend-directory={triton.backends}",
+            f"--cache-directory={triton.caches}",
+            f"--cache-config=local,size={s.response_cache_bytes}",
+            f"--backend-config=python,shm-default-byte-size={s.python_shm_default_bytes}",
+            f"--backend-config=python,shm-growth-byte-size={s.python_shm_growth_bytes}",
+            f"--http-address={s.host}",
+            f"--http-port={s.http_port}",
+            f"--grpc-address={s.host}",
+            f"--grpc-port={s.grpc_port}",
+            f"--metrics-address={s.host}",
+            f"--metrics-port={s.metrics_port}",
+            f"--exit-timeout-secs={s.exit_timeout_s}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+        ]
+
+    def _check_repository(self) -> None:
+        if not self.repository.is_dir():
+            raise ServerError(f"model repository {self.repository} does not exist: run `perceptserve export` first")
+        models = [p.parent.parent.name for p in self.repository.glob(f"*/configs/{self.config}.pbtxt")]
+        if not models:
+            raise ServerError(
+                f"no model in {self.repository} has a {self.config!r} config (configs/{self.config}.pbtxt): "
+                "run `perceptserve export` first"
+            )
+
+    def start(self) -> "TritonServer":
+        self._check_repository()
+        triton = BundledTriton.locate()
+        env = dict(os.environ)
+        # The python stub finds this environment's packages through PATH's first python.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["LD_LIBRARY_PATH"] = f"{triton.libraries}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
+        log = open(self.log_file, "wb")
+        self.process = subprocess.Popen(
+            self.command(triton), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+        return self
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float | None = None) -> "TritonServer":
+        deadline = time.monotonic() + (timeout or self.settings.startup_timeout_s)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                reason = _reason(self.log_file.read_text(errors="replace"))
+                raise ServerError(f"tritonserver failed to start: {reason} (log: {self.log_file})")
+            if self.is_ready():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"tritonserver was not ready within {timeout or self.settings.startup_timeout_s:.0f} s (log: {self.log_file})")
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(self.settings.exit_timeout_s + 15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> "TritonServer":
+        try:
+            return self.start().wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_forever(repository: Path, config: str, settings: ServerSettings, log_file: Path | None = None) -> int:
+    server = TritonServer(repository, config, settings, log_file)
+    server.start()
+    forwarded = []
+
+    def forward(signum, _frame):
+        forwarded.append(signum)
+        if server.process.poll() is None:
+            server.process.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    print(f"starting tritonserver on {repository} ({config} configs); log: {server.log_file}", flush=True)
+    try:
+        server.wait_ready()
+    except ServerError:
+        tail = server.log_tail()
+        if tail:
+            print(f"--- last lines of {server.log_file} ---\n{tail}\n---", file=sys.stderr)
+        raise
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"WARNING: listening on {settings.host} with no key on the restricted APIs "
+            "(model repository, config, shared memory, statistics): anyone who can reach it can use them",
+            file=sys.stderr,
+        )
+    print(f"ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}", flush=True)
+    while True:
+        try:
+            return server.process.wait()
+        except InterruptedError:
+            continue
