@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/perceptserve demo --model-type $(MODEL_TYPE) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
-test: install
+test: install helm-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf repository demo-output bench-output .pytest_cache
+
+include helm/helm.mk

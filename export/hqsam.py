@@ -41,12 +41,22 @@ class HQSamExport:
 
 
 def load_model(job: HQSamExport):
-    sam = registry.build_reference(job.model)
+    """The official model with the job's weights, eval mode, caches refreshed.
+
+    `eval()` is called again after loading because TinyViT caches its attention biases when
+    `eval()` is called: the official `build_sam_vit_t` calls it *before* loading the checkpoint,
+    so its model runs with the initial biases. Ours (and our parity reference) use the
+    checkpoint's.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(job.seed)  # builders draw random buffers (the prompt encoder's PE matrix)
+        sam = registry.build_reference(job.model)
     if job.checkpoint is None:
-        return registry.randomize_(sam, job.seed)
-    state = checkpoint.read_state_dict(job.checkpoint)
-    checkpoint.load_strict(sam, state, allow_missing_hq=job.allow_missing_hq)
-    return sam
+        registry.randomize_(sam, job.seed)
+    else:
+        state = checkpoint.read_state_dict(job.checkpoint)
+        checkpoint.load_strict(sam, state, allow_missing_hq=job.allow_missing_hq)
+    return sam.eval()
 
 
 def export_encoder(sam, path: Path) -> Path:

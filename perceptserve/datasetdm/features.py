@@ -1,0 +1,331 @@
+"""DatasetDM's diffusion features, captured in one export-friendly UNet pass.
+
+What DatasetDM feeds its P-Decoders (`model/unet.py`, `ptp_utils.py` in showlab/DatasetDM): one
+UNet pass over the classifier-free-guidance pair (the empty prompt and the caption), and from it
+- the outputs of `conv_in`, of every down-block layer and downsampler, of the mid block, and of
+  every up-block layer and upsampler, each with the unconditional and the conditional halves
+  stacked on channels (their `reshape(B / 2, 2C, H, W)`);
+- the cross-attention probabilities of every cross-attention layer, conditional half only, one
+  map per head and text token (`b (layer head token) h w`);
+grouped by spatial size into `low` (latent / 8), `mid` (/ 4), `high` (/ 2) and `highest` (the
+latent size), features first in execution order, then the maps of the up, mid and down blocks.
+
+DatasetDM fills a global dict from inside a patched UNet forward and monkey-patches every
+attention's `forward`. Here the pass walks the diffusers UNet's own blocks (the up blocks layer
+by layer, since diffusers returns only their last output) and the attention maps come out of a
+diffusers attention processor through `cross_attention_kwargs`, a list local to the call.
+
+The P-Decoders' first layers are 1x1 convolutions without bias of each group, applied after a
+bilinear resize. Both are linear and act on different axes, so they commute: the convolution is
+applied here, to each captured tensor at its own resolution, and the decoder resizes the result.
+The hand-off shrinks from about 100 MiB (fp16, SD 1.4, 512x512) to a few MiB per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUPS = ("low", "mid", "high", "highest")  # DatasetDM's names, coarse to fine
+PLACES = ("up", "mid", "down")  # DatasetDM's order of the attention maps within a group
+TASKS = ("semantic", "depth")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One captured UNet output: its module path, level (0 = latent size, k = latent / 2**k)
+    and channels per guidance half (DatasetDM stacks both halves: 2 x channels)."""
+
+    name: str
+    level: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    name: str  # the cross-attention module's path (`...transformer_blocks.N.attn2`)
+    place: str  # "down", "mid" or "up", as DatasetDM's attention store files it
+    level: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which tensors a UNet config yields and how DatasetDM groups them; computed from the
+    config alone, so sizes for SD 1.4 can be reported without its weights."""
+
+    parts: tuple[Part, ...]
+    attention: tuple[AttentionLayer, ...]
+    levels: int
+    tokens: int
+
+    @classmethod
+    def from_unet_config(cls, config: Mapping, tokens: int = 77) -> "FeatureLayout":
+        widths = list(config["block_out_channels"])
+        levels = len(widths)
+        layers = config["layers_per_block"]
+        transformers = config.get("transformer_layers_per_block", 1)
+        if not isinstance(layers, int) or not isinstance(transformers, int):
+            raise ValueError("per-block layers_per_block / transformer_layers_per_block are not SD 1.x; unsupported")
+        heads = config.get("num_attention_heads") or config["attention_head_dim"]
+        heads = [heads] * levels if isinstance(heads, int) else list(heads)
+        parts = [Part("conv_in", 0, widths[0])]
+        attention: list[AttentionLayer] = []
+
+        def attentions(prefix: str, place: str, level: int, count: int, head_count: int) -> None:
+            for layer in range(count):
+                for block in range(transformers):
+                    name = f"{prefix}.attentions.{layer}.transformer_blocks.{block}.attn2"
+                    attention.append(AttentionLayer(name, place, level, head_count))
+
+        for index, kind in enumerate(config["down_block_types"]):
+            cross = kind.startswith("CrossAttn")
+            prefix = f"down_blocks.{index}"
+            for layer in range(layers):
+                parts.append(Part(f"{prefix}.{'attentions' if cross else 'resnets'}.{layer}", index, widths[index]))
+            if cross:
+                attentions(prefix, "down", index, layers, heads[index])
+            if index < levels - 1:
+                parts.append(Part(f"{prefix}.downsamplers.0", index + 1, widths[index]))
+        parts.append(Part("mid_block", levels - 1, widths[-1]))
+        if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn":
+            attentions("mid_block", "mid", levels - 1, 1, heads[-1])
+        for index, kind in enumerate(config["up_block_types"]):
+            cross = kind.startswith("CrossAttn")
+            prefix, level = f"up_blocks.{index}", levels - 1 - index
+            width = widths[level]
+            for layer in range(layers + 1):
+                parts.append(Part(f"{prefix}.{'attentions' if cross else 'resnets'}.{layer}", level, width))
+            if cross:
+                attentions(prefix, "up", level, layers + 1, heads[level])
+            if index < levels - 1:
+                parts.append(Part(f"{prefix}.upsamplers.0", level - 1, width))
+        return cls(tuple(parts), tuple(attention), levels, tokens)
+
+    def level(self, group: str) -> int:
+        return self.levels - 1 - GROUPS.index(group)
+
+    def parts_of(self, group: str) -> list[int]:
+        """Indices into `parts`, in execution order (DatasetDM's list order)."""
+        return [i for i, part in enumerate(self.parts) if part.level == self.level(group)]
+
+    def attention_of(self, group: str) -> list[int]:
+        """Indices into `attention`: up, then mid, then down; execution order within each."""
+        level = self.level(group)
+        return [i for place in PLACES for i, a in enumerate(self.attention) if a.level == level and a.place == place]
+
+    def feature_channels(self, group: str) -> int:
+        return sum(2 * self.parts[i].channels for i in self.parts_of(group))
+
+    def map_channels(self, group: str) -> int:
+        return sum(self.attention[i].heads * self.tokens for i in self.attention_of(group))
+
+    def channels(self, group: str) -> int:
+        """The input width of the P-Decoder's 1x1 projection of `group` (DatasetDM's
+        `1280*14 + 8*77` and so on for SD 1.x)."""
+        return self.feature_channels(group) + self.map_channels(group)
+
+    def raw_elements(self, latent_height: int, latent_width: int) -> int:
+        """Elements per image that DatasetDM hands to its decoder (all groups, native sizes)."""
+        return sum(
+            self.channels(g) * (latent_height >> self.level(g)) * (latent_width >> self.level(g)) for g in GROUPS
+        )
+
+    def projected_elements(self, latent_height: int, latent_width: int, widths: Mapping[str, int]) -> int:
+        """Elements per image after the 1x1 projections, `widths` being each group's output width."""
+        return sum(widths[g] * (latent_height >> self.level(g)) * (latent_width >> self.level(g)) for g in GROUPS)
+
+
+class AttentionMapProcessor:
+    """A diffusers attention processor that, when the call passes `attention_maps` (a list) in
+    `cross_attention_kwargs`, computes cross-attention explicitly and appends its probabilities
+    (batch * heads, queries, tokens) to that list. Every other call, and self-attention, goes to
+    the default scaled-dot-product processor, so a plain UNet call is unchanged."""
+
+    def __init__(self) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.default = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        attention_maps: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if attention_maps is None or encoder_hidden_states is None:
+            return self.default(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3 or attention_mask is not None:
+            raise NotImplementedError("attention-map capture supports SD 1.x cross-attention only")
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        # Explicit (not baddbmm over an empty tensor as diffusers does): exports cleanly.
+        scores = torch.bmm(query, key.transpose(1, 2)) * attn.scale
+        probs = scores.float().softmax(dim=-1).to(query.dtype)
+        attention_maps.append(probs)
+        out = attn.batch_to_head_dim(torch.bmm(probs, value))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def install_processors(unet) -> None:
+    """Give every attention of `unet` the map-capturing processor (a plain call is unchanged)."""
+    unet.set_attn_processor(AttentionMapProcessor())
+
+
+@dataclass
+class Captured:
+    """One pass's outputs in DatasetDM's layout, per image (guidance halves stacked on channels)."""
+
+    noise_uncond: torch.Tensor
+    noise_text: torch.Tensor
+    features: list[torch.Tensor]  # per layout.parts: (B, 2C, H, W)
+    maps: list[torch.Tensor]  # per layout.attention: (B, heads * tokens, H, W)
+
+    def group(self, layout: FeatureLayout, group: str) -> torch.Tensor:
+        """DatasetDM's `features_dict[group]` at the group's own size (before its resize)."""
+        tensors = [self.features[i] for i in layout.parts_of(group)] + [self.maps[i] for i in layout.attention_of(group)]
+        return torch.cat(tensors, dim=1)
+
+
+def _check_supported(unet) -> None:
+    config = unet.config
+    unsupported = {
+        "class_embed_type": config.class_embed_type,
+        "addition_embed_type": config.addition_embed_type,
+        "encoder_hid_dim_type": config.encoder_hid_dim_type,
+        "time_embedding_act_fn": config.time_embedding_act_fn,
+    }
+    found = {k: v for k, v in unsupported.items() if v is not None}
+    if found or config.center_input_sample:
+        raise ValueError(f"not a Stable Diffusion 1.x UNet (unsupported config: {found or 'center_input_sample'})")
+
+
+class FeatureExtractor(nn.Module):
+    """(latents, timestep, caption and empty-prompt embeddings) -> both noise predictions and,
+    per exported task, the four projected feature groups at their native sizes.
+
+    `projections[task]` holds the task decoder's four 1x1 weights (`low`..`highest`), each
+    (width, layout.channels(group), 1, 1); they are split here per captured tensor.
+    """
+
+    def __init__(self, unet, layout: FeatureLayout, projections: Mapping[str, Sequence[torch.Tensor]]) -> None:
+        super().__init__()
+        _check_supported(unet)
+        install_processors(unet)
+        self.unet = unet
+        self.layout = layout
+        self.tasks = [task for task in TASKS if task in projections]
+        self.weights = nn.ParameterDict()
+        for task in self.tasks:
+            for group, weight in zip(GROUPS, projections[task]):
+                if weight.shape[1] != layout.channels(group):
+                    raise ValueError(
+                        f"{task} decoder's {group} projection takes {weight.shape[1]} channels, "
+                        f"the UNet gives {layout.channels(group)}"
+                    )
+                offset = 0
+                for i in layout.parts_of(group):
+                    width = 2 * layout.parts[i].channels
+                    self.weights[f"{task}_part{i}"] = nn.Parameter(weight[:, offset : offset + width], requires_grad=False)
+                    offset += width
+                for i in layout.attention_of(group):
+                    width = layout.attention[i].heads * layout.tokens
+                    self.weights[f"{task}_map{i}"] = nn.Parameter(weight[:, offset : offset + width], requires_grad=False)
+                    offset += width
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["noise_pred_uncond", "noise_pred_text"] + [f"{t}_{g}" for t in self.tasks for g in GROUPS]
+
+    def capture(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        uncond_embeddings: torch.Tensor,
+    ) -> Captured:
+        """One UNet pass over [empty prompt; caption], DatasetDM's tensors per image."""
+        unet, batch = self.unet, latents.shape[0]
+        sample = torch.cat([latents, latents])
+        context = torch.cat([uncond_embeddings, text_embeddings])
+        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=torch.cat([timestep, timestep])), None)
+        maps: list[torch.Tensor] = []
+        kwargs = {"attention_maps": maps}
+
+        hidden = unet.conv_in(sample)
+        outputs, skips = [hidden], [hidden]
+        for block in unet.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                hidden, residuals = block(hidden_states=hidden, temb=emb, encoder_hidden_states=context, cross_attention_kwargs=kwargs)
+            else:
+                hidden, residuals = block(hidden_states=hidden, temb=emb)
+            outputs += residuals
+            skips += residuals
+        hidden = unet.mid_block(hidden, emb, encoder_hidden_states=context, cross_attention_kwargs=kwargs)
+        outputs.append(hidden)
+        for block in unet.up_blocks:
+            count = len(block.resnets)
+            residuals, skips = skips[-count:], skips[:-count]
+            hidden = _up_block(block, hidden, residuals, emb, context, kwargs, outputs)
+        noise = unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden)))
+
+        if len(outputs) != len(self.layout.parts) or len(maps) != len(self.layout.attention):
+            raise RuntimeError("the UNet's blocks do not match the layout computed from its config")
+        features = [torch.cat([h[:batch], h[batch:]], dim=1) for h in outputs]
+        height, width = latents.shape[-2:]
+        per_image = []
+        for probs, layer in zip(maps, self.layout.attention):
+            h, w = height >> layer.level, width >> layer.level
+            cond = probs[batch * layer.heads :].reshape(batch, layer.heads, h, w, -1)
+            per_image.append(cond.permute(0, 1, 4, 2, 3).reshape(batch, -1, h, w))
+        return Captured(noise[:batch], noise[batch:], features, per_image)
+
+    def project(self, captured: Captured, task: str) -> list[torch.Tensor]:
+        """The task decoder's 1x1 projections, summed over the group's tensors."""
+        projected = []
+        for group in GROUPS:
+            terms = [F.conv2d(captured.features[i], self.weights[f"{task}_part{i}"]) for i in self.layout.parts_of(group)]
+            terms += [F.conv2d(captured.maps[i], self.weights[f"{task}_map{i}"]) for i in self.layout.attention_of(group)]
+            total = terms[0]
+            for term in terms[1:]:
+                total = total + term
+            projected.append(total)
+        return projected
+
+    def forward(self, latents, timestep, text_embeddings, uncond_embeddings) -> tuple[torch.Tensor, ...]:
+        captured = self.capture(latents, timestep, text_embeddings, uncond_embeddings)
+        outputs = [captured.noise_uncond, captured.noise_text]
+        for task in self.tasks:
+            outputs += self.project(captured, task)
+        return tuple(outputs)
+
+
+def _up_block(block, hidden, residuals, emb, context, kwargs, outputs: list) -> torch.Tensor:
+    """diffusers' (CrossAttn)UpBlock2D.forward, keeping every layer's output (DatasetDM's
+    modified blocks return them; diffusers' return only the last)."""
+    attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+    for resnet, attention in zip(block.resnets, attentions):
+        hidden = torch.cat([hidden, residuals[-1]], dim=1)
+        residuals = residuals[:-1]
+        hidden = resnet(hidden, emb)
+        if attention is not None:
+            hidden = attention(hidden, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False)[0]
+        outputs.append(hidden)
+    if block.upsamplers is not None:
+        for upsampler in block.upsamplers:
+            hidden = upsampler(hidden)
+        outputs.append(hidden)
+    return hidden

@@ -1,0 +1,134 @@
+"""A small random Stable Diffusion 1.x pipeline for tests and demos, built in seconds offline.
+
+Same architecture as SD 1.x (UNet block types, cross-attention, VAE factor 8, CLIP text encoder,
+PNDM scheduler), only narrower: the export, the feature grouping and the P-Decoders run the same
+code paths as on a real checkpoint. The tokenizer's vocabulary and merges are generated here, so
+nothing is downloaded. Written with `save_pretrained`, so `StableDiffusionPipeline.from_pretrained`
+loads it like any diffusers folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .depth_decoder import DepthConfig
+from .semantic_decoder import SemanticConfig
+
+SOURCE = "source"  # the pipeline's folder under the --tiny-random output folder
+
+# Words the tiny tokenizer knows whole (others fall back to single characters): the demo's
+# prompts and DatasetDM's VOC class names.
+WORDS = (
+    "a photo of the an in on at and with background aeroplane bicycle bird boat bottle bus car cat chair "
+    "cow diningtable dog horse motorbike person pottedplant sheep sofa train tvmonitor street road table "
+    "man woman child sitting walking mountain top sunset"
+).split()
+
+# SD 1.x's scheduler (CompVis/stable-diffusion-v1-4 scheduler_config.json values).
+SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    skip_prk_steps=True,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+TEXT_WIDTH = 32
+
+# P-Decoders narrow enough for the tiny UNet, with DatasetDM's depth of 10 decoder layers.
+SEMANTIC = SemanticConfig(width=16, num_queries=8, num_heads=4, dim_feedforward=32, context_dim=TEXT_WIDTH)
+DEPTH = DepthConfig(width=8)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map, which CLIP's byte-level BPE uses."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def tokenizer_files(folder: Path) -> None:
+    """Write `vocab.json` and `merges.txt` of a byte-level BPE that spells WORDS as single tokens."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in WORDS:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merged = parts[0] + parts[1]
+            merge = f"{parts[0]} {parts[1]}"
+            if merge not in merges:
+                merges.append(merge)
+                vocab.append(merged)
+            parts = [merged] + parts[2:]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def build(folder: Path, seed: int = 0) -> Path:
+    """Build the tiny pipeline and save it under `folder / SOURCE`; return that path."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    target = Path(folder) / SOURCE
+    tokenizer_dir = target / "tokenizer"
+    tokenizer_files(tokenizer_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=2,  # SD 1.x's legacy name for the number of heads (8 there)
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=256,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler(**SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(str(target))
+    return target

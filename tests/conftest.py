@@ -1,0 +1,79 @@
+"""Shared fixtures: small random-initialised HQ-SAM models of the real architectures, exported
+once per session, and a real tritonserver serving them on free loopback ports."""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as sample_images
+
+from perceptserve.export.hqsam import HQSamExport, load_model, run
+from perceptserve.hqsam.registry import ViTConfig
+from perceptserve.server.launcher import TritonServer
+from perceptserve.settings import ServerSettings, Settings
+
+# `_build_sam` with two blocks, the second a global-attention block (HQ-SAM's early feature).
+SMALL_VIT = ViTConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,))
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_settings() -> ServerSettings:
+    return ServerSettings(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), startup_timeout_s=180)
+
+
+class Exported:
+    """An exported repository and the official torch model it came from."""
+
+    def __init__(self, job: HQSamExport) -> None:
+        self.job = job
+        self.report = run(job, Settings())
+        self.sam = load_model(job)
+        self.repository = job.repository
+
+
+@pytest.fixture(scope="session")
+def small_vit(tmp_path_factory) -> Exported:
+    return Exported(HQSamExport(model=SMALL_VIT, repository=tmp_path_factory.mktemp("small_vit"), seed=1))
+
+
+@pytest.fixture(scope="session")
+def vit_tiny(tmp_path_factory) -> Exported:
+    return Exported(HQSamExport(model="vit_tiny", repository=tmp_path_factory.mktemp("vit_tiny"), seed=2))
+
+
+@pytest.fixture(scope="session")
+def server(small_vit):
+    with TritonServer(small_vit.repository, "cpu", server_settings()) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real photographs of different shapes (square, landscape, portrait crop)."""
+    return {
+        "astronaut": sample_images.astronaut(),
+        "coffee": sample_images.coffee(),
+        "chelsea_portrait": np.ascontiguousarray(sample_images.chelsea()[:, 100:350]),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
