@@ -77,3 +77,21 @@ def _no_grad():
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def official_batched(sam, image: np.ndarray, points=None, labels=None, boxes=None, multimask=False, hq_only=False):
+    """The official predictor on N prompt sets at once (`predict_torch` with transformed prompts):
+    masks [N, 1, H, W], scores [N, 1], low-res logits [N, 1, 256, 256] as numpy."""
+    from segment_anything_hq import SamPredictor
+    from segment_anything_hq.utils.transforms import ResizeLongestSide
+
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    transform = ResizeLongestSide(1024)
+    size = image.shape[:2]
+    coords = None if points is None else torch.as_tensor(transform.apply_coords(points, size), dtype=torch.float)
+    label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.int)
+    box_tensor = None if boxes is None else torch.as_tensor(transform.apply_boxes(boxes, size), dtype=torch.float)
+    with torch.no_grad():
+        outputs = predictor.predict_torch(coords, label_tensor, box_tensor, multimask_output=multimask, hq_token_only=hq_only)
+    return [o.numpy() for o in outputs]

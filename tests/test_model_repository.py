@@ -1,0 +1,80 @@
+"""The written repository: every config parses as Triton's ModelConfig and says what we mean
+on each target."""
+
+import shutil
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from perceptserve.model_repository import configs, hqsam
+from perceptserve.model_repository.writer import write_models
+from perceptserve.settings import Settings
+
+MODELS = [hqsam.PREPROCESS, hqsam.ENCODER, hqsam.DECODER, hqsam.POSTPROCESS, hqsam.ENSEMBLE]
+
+
+def load(repository, model, target):
+    return configs.parse((repository / model / "configs" / f"{target}.pbtxt").read_text())
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_every_config_parses(small_vit, target):
+    for model in MODELS:
+        config = load(small_vit.repository, model, target)
+        assert config.name == model
+        assert (small_vit.repository / model / "1").is_dir()
+
+
+def test_cpu_target_runs_everything_in_the_python_backend(small_vit):
+    for model in MODELS[:-1]:
+        config = load(small_vit.repository, model, "cpu")
+        assert config.backend == "python"
+        assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+        assert (small_vit.repository / model / "1" / "model.py").is_file()
+    assert load(small_vit.repository, hqsam.ENCODER, "cpu").parameters["onnx_file"].string_value == "model.onnx"
+
+
+def test_gpu_target_uses_onnxruntime_with_tensorrt_fp16_and_engine_cache(small_vit):
+    for model in (hqsam.ENCODER, hqsam.DECODER):
+        config = load(small_vit.repository, model, "gpu")
+        assert config.platform == "onnxruntime_onnx" and config.backend == ""
+        assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        assert accelerator.name == "tensorrt"
+        assert accelerator.parameters["precision_mode"] == "FP16"
+        assert accelerator.parameters["trt_engine_cache_enable"] == "1"
+        assert accelerator.parameters["trt_engine_cache_path"] == f"/cache/tensorrt/{model}"
+    assert load(small_vit.repository, hqsam.PREPROCESS, "gpu").backend == "python"
+
+
+def test_encoder_batches_caches_and_warms_up(small_vit):
+    settings = Settings().hqsam
+    for target in ("cpu", "gpu"):
+        config = load(small_vit.repository, hqsam.ENCODER, target)
+        assert config.max_batch_size == settings.encoder_batching.max_batch_size
+        assert list(config.dynamic_batching.preferred_batch_size) == list(settings.encoder_batching.preferred_batch_sizes)
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == settings.encoder_batching.max_queue_size
+        assert config.response_cache.enable
+        assert [w.name for w in config.model_warmup] == ["zeros"]
+        assert config.instance_group[0].count == settings.encoder_instances.for_target(target)
+    assert load(small_vit.repository, hqsam.PREPROCESS, "cpu").parameters["max_image_pixels"].string_value == str(settings.max_image_pixels)
+
+
+def test_ensemble_wires_every_step(small_vit):
+    config = load(small_vit.repository, hqsam.ENSEMBLE, "cpu")
+    assert config.platform == "ensemble"
+    assert [s.model_name for s in config.ensemble_scheduling.step] == MODELS[:-1]
+    optional = {t.name for t in config.input if t.optional}
+    assert optional == {"point_coords", "point_labels", "boxes", "mask_input", "multimask_output", "hq_token_only"}
+    assert [t.name for t in config.output] == ["masks", "iou_predictions", "low_res_logits"]
+
+
+def test_a_built_engine_switches_the_gpu_config_to_tensorrt_plan(small_vit, tmp_path):
+    repository = tmp_path / "repo"
+    shutil.copytree(small_vit.repository, repository)
+    (repository / hqsam.ENCODER / "1" / "model.plan").write_bytes(b"engine")
+    write_models(repository, hqsam.definitions(Settings()), Settings())
+    encoder = load(repository, hqsam.ENCODER, "gpu")
+    assert encoder.platform == "tensorrt_plan" and encoder.default_model_filename == "model.plan"
+    assert load(repository, hqsam.DECODER, "gpu").platform == "onnxruntime_onnx"
+    assert load(repository, hqsam.ENCODER, "cpu").backend == "python"
