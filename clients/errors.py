@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from perceptserve.errors import UserError
 
-class ClientError(Exception):
+
+class ClientError(UserError):
     """A request the server refused or could not serve. `status` is the gRPC status name
     (INVALID_ARGUMENT, UNAVAILABLE, ...)."""
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from perceptserve.errors import UserError
 
-class TensorRTUnavailable(RuntimeError):
+
+class TensorRTUnavailable(UserError, RuntimeError):
     pass
 
 

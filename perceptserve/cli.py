@@ -12,19 +12,7 @@ import sys
 from pathlib import Path
 
 from perceptserve import settings as settings_module
-
-
-class UserError(Exception):
-    """A problem with the user's input or environment; printed as one line."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from perceptserve.clients.errors import ClientError
-    from perceptserve.export.tensorrt import TensorRTUnavailable
-    from perceptserve.hqsam.checkpoint import CheckpointError
-    from perceptserve.server.launcher import ServerError
-
-    return (UserError, CheckpointError, TensorRTUnavailable, ClientError, ServerError, FileNotFoundError)
+from perceptserve.errors import UserError
 
 
 def cmd_export_hqsam(args: argparse.Namespace) -> int:
@@ -68,6 +56,40 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from perceptserve.clients.segment import segment_command
 
     return segment_command(args)
+
+
+def cmd_bench_hqsam(args: argparse.Namespace) -> int:
+    from perceptserve.benchmarks.hqsam import BenchConfigError, BenchJob, default_modes, run
+    from perceptserve.benchmarks.onnxruntime_tuning import OrtTuning
+
+    def csv(text: str | None) -> tuple[str, ...]:
+        return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+    try:
+        concurrency = tuple(int(level) for level in csv(args.concurrency))
+    except ValueError:
+        raise UserError(f"--concurrency {args.concurrency}: give integers separated by commas, e.g. 1,2,4") from None
+    job = BenchJob(
+        model=args.model_type,
+        checkpoint=args.checkpoint,
+        seed=args.seed,
+        modes=csv(args.modes) if args.modes is not None else default_modes(),
+        concurrency=concurrency,
+        requests=args.requests,
+        warmup=args.warmup,
+        url=args.url,
+        start_server=args.start_server,
+        out=args.out,
+        repository=args.repository,
+        onnxruntime=OrtTuning(threads=args.ort_threads, optimization=args.ort_optimization),
+        perf_analyzer_data=args.perf_analyzer_data,
+    )
+    try:
+        run(job, settings_module.from_env())
+    except BenchConfigError as exc:
+        raise UserError(str(exc)) from None
+    print(f"results written to {args.out}/results.json, results.md and latency.png")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -116,6 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
     segment.set_defaults(func=cmd_segment)
 
+    bench = commands.add_parser("bench", help="benchmark eager vs ONNX Runtime vs served, side by side")
+    bench_families = bench.add_subparsers(dest="family", required=True)
+    bench_hqsam = bench_families.add_parser("hqsam", help="HQ-SAM: encoder, prompt and full-request latency")
+    bench_hqsam.add_argument("--model-type", required=True, choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
+    bench_source = bench_hqsam.add_mutually_exclusive_group(required=True)
+    bench_source.add_argument("--checkpoint", type=Path, help="official HQ-SAM checkpoint (sam_hq_vit_*.pth)")
+    bench_source.add_argument("--random-init", action="store_true", help="random weights (speed does not depend on them)")
+    bench_hqsam.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    bench_hqsam.add_argument("--modes", help="comma-separated among eager, onnxruntime, onnxruntime-int8, triton, torch-fp16 "
+                             "(default: eager,onnxruntime,triton, plus torch-fp16 on a GPU)")
+    bench_hqsam.add_argument("--concurrency", default="1,2,4", help="concurrent requests for the triton mode (default 1,2,4)")
+    bench_hqsam.add_argument("--requests", type=int, default=10, help="timed requests per mode, stage and concurrency")
+    bench_hqsam.add_argument("--warmup", type=int, default=1, help="untimed requests before each timed run")
+    bench_server = bench_hqsam.add_mutually_exclusive_group()
+    bench_server.add_argument("--url", help="gRPC HOST:PORT of a running `perceptserve serve`")
+    bench_server.add_argument("--start-server", action="store_true", help="start the bundled tritonserver for the run")
+    bench_hqsam.add_argument("--out", type=Path, default=Path("bench-output"), help="folder for results.json, results.md, latency.png")
+    bench_hqsam.add_argument("--repository", type=Path, help="an exported repository to reuse (default: export to OUT/repository)")
+    bench_hqsam.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
+    bench_hqsam.add_argument("--ort-optimization", choices=["disable", "basic", "extended", "all"], default="all",
+                             help="ONNX Runtime graph optimisation level")
+    bench_hqsam.add_argument("--perf-analyzer-data", type=Path, metavar="FILE",
+                             help="also write perf_analyzer's input data for the hqsam ensemble (see benchmarks/README.md)")
+    bench_hqsam.set_defaults(func=cmd_bench_hqsam)
+
     demo = commands.add_parser("demo", help="export, serve and segment a sample photo end to end")
     demo.add_argument("--model-type", default="vit_tiny", choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
     demo.add_argument("--checkpoint", type=Path)
@@ -129,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"perceptserve {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,12 +21,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from perceptserve.errors import UserError
 from perceptserve.settings import ServerSettings
 
 LOG_TAIL_LINES = 25
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError, RuntimeError):
     """The server could not start or stopped unexpectedly; the message is one line."""
 
 
@@ -73,8 +74,10 @@ def _reason(log: str) -> str:
     errors = [e for e in errors if "NVML" not in e and "DCGM" not in e and "CUDA driver" not in e and "stream for" not in e]
     if not errors:
         return "tritonserver exited during start-up"
-    line = re.sub(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ', "", errors[-1]).strip().strip('"')
-    return line.replace("\\n", " ").replace('\\"', '"')
+    naming_a_model = [e for e in errors if "failed to load '" in e]
+    line = (naming_a_model or errors)[0 if naming_a_model else -1]
+    line = re.sub(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ', "", line).strip().strip('"')
+    return line.split("\\n")[0].replace('\\"', '"')  # the log escapes newlines; keep the first line
 
 
 class TritonServer:

@@ -12,8 +12,14 @@ import pickle
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-from segment_anything_hq.modeling import Sam
+
+from perceptserve.errors import UserError
+
+if TYPE_CHECKING:
+    from segment_anything_hq.modeling import Sam
 
 # Parameters that HQ-SAM adds to SAM's mask decoder (see `MaskDecoderHQ.__init__`).
 HQ_PREFIXES = (
@@ -25,7 +31,7 @@ HQ_PREFIXES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that does not fit the model; the message is one line for the CLI."""
 
 
@@ -56,7 +62,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_strict(sam: Sam, state: dict[str, torch.Tensor], *, allow_missing_hq: bool = False) -> None:
+def load_strict(sam: "Sam", state: dict[str, torch.Tensor], *, allow_missing_hq: bool = False) -> None:
     """Load `state` into `sam`, failing on any missing, unexpected or mis-shaped tensor."""
     expected = sam.state_dict()
     missing = [k for k in expected if k not in state]

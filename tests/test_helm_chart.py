@@ -1,0 +1,847 @@
+"""The Helm chart helm/perceptserve, offline: no cluster, no Docker.
+
+Renders the chart with the Helm 3 binary that `make helm-tools` installs (default values, every
+option on, and the other model-repository sources), lints it strictly, validates every rendered
+manifest against the Kubernetes 1.30 schemas (kubernetes-validate, strict: unknown fields and
+unknown kinds fail) and the ServiceMonitor against the Prometheus Operator CRD schema, checks the
+security, probe, GPU, autoscaling and restricted-API settings, and that bad values are refused.
+A `server` test runs the real tritonserver 2.51 with the chart's own arguments and the chart's
+`helm test` script against it.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "helm" / "perceptserve"
+ALL_ON_VALUES = CHART / "ci" / "all-on-values.yaml"
+SERVICEMONITOR_CRD = Path(__file__).resolve().parent / "data" / "servicemonitor-crd-v1.json"
+KUBE_VERSION = "1.30.0"
+RELEASE = "ps"
+NAMESPACE = "vision"
+
+ENGINE_CACHE = "/cache/tensorrt"
+WRITABLE_MOUNTS = {"/tmp", "/dev/shm", ENGINE_CACHE}
+RESTRICTED_APIS = ["model-repository", "model-config", "shared-memory", "statistics", "trace", "logging"]
+STARTUP_BUDGET_S = 30 * 60
+
+# Variants rendered for the manifest checks: name -> extra `helm template` arguments.
+VARIANTS = {
+    "default": [],
+    "all-on": ["-f", str(ALL_ON_VALUES)],
+    "image-emptydir": [
+        "--set", "modelRepository.source=image",
+        "--set", "engineCache.type=emptyDir",
+        "--set", "serviceAccount.create=false",
+        "--set", "podDisruptionBudget.maxUnavailable=null",
+        "--set", "podDisruptionBudget.minAvailable=1",
+        "--set", "tests.enabled=false",
+        "--set", "preStopSleepSeconds=0",
+    ],
+    "pvc-subpath-existing-cache": [
+        "--set", "modelRepository.pvc.claimName=shared-models",
+        "--set", "modelRepository.pvc.subPath=perceptserve/v1",
+        "--set", "engineCache.pvc.existingClaim=trt-cache",
+        "--set", "replicaCount=3",
+    ],
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Tools
+
+
+def helm_binary() -> str:
+    """The Helm binary: $HELM (a path, relative to the repository, or a name on PATH), else
+    .tools/helm/helm. Missing is a failure, never a skip."""
+    configured = os.environ.get("HELM") or ".tools/helm/helm"
+    path = Path(configured) if Path(configured).is_absolute() else REPO / configured
+    found = str(path) if path.is_file() else (shutil.which(configured) if os.sep not in configured else None)
+    if not found or not os.access(found, os.X_OK):
+        pytest.fail(
+            f"Helm binary not found ({configured}): run `make helm-tools` first "
+            "(it installs Helm 3 into .tools/helm/helm)",
+            pytrace=False,
+        )
+    return found
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm_binary(), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def template_args(*extra: str) -> list[str]:
+    return ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *extra]
+
+
+def render(*extra: str) -> list[dict]:
+    result = run_helm(*template_args(*extra))
+    assert result.returncode == 0, f"helm template {' '.join(extra)} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def kubernetes_validate_module():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail("kubernetes-validate is not installed in the venv: run `make helm-tools`", pytrace=False)
+    return kubernetes_validate
+
+
+def jsonschema_module():
+    try:
+        import jsonschema
+    except ImportError:
+        pytest.fail("jsonschema is not installed in the venv (kubernetes-validate brings it): run `make helm-tools`",
+                    pytrace=False)
+    return jsonschema
+
+
+# --------------------------------------------------------------------------------------------
+# Rendered documents
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {name: render(*args) for name, args in VARIANTS.items()}
+
+
+@pytest.fixture(scope="module")
+def default_docs(rendered):
+    return rendered["default"]
+
+
+@pytest.fixture(scope="module")
+def all_on_docs(rendered):
+    return rendered["all-on"]
+
+
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def server_pod(docs: list[dict]) -> dict:
+    return one(docs, "Deployment")["spec"]["template"]
+
+
+def triton_container(docs: list[dict]) -> dict:
+    containers = server_pod(docs)["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["tritonserver"]
+    return containers[0]
+
+
+def helm_test_pod(docs: list[dict]) -> dict:
+    pods = [d for d in of_kind(docs, "Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    assert len(pods) == 1, "expected one helm test pod"
+    return pods[0]
+
+
+def arg_value(args: list[str], flag: str) -> str:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+    assert len(values) == 1, f"{flag} appears {len(values)} times in {args}"
+    return values[0]
+
+
+def volume(pod_spec: dict, name: str) -> dict:
+    found = [v for v in pod_spec["volumes"] if v["name"] == name]
+    assert len(found) == 1, f"volume {name} not found once"
+    return found[0]
+
+
+def mounts_by_path(container: dict) -> dict[str, dict]:
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+def all_containers(pod_spec: dict) -> list[dict]:
+    return pod_spec.get("initContainers", []) + pod_spec["containers"]
+
+
+# --------------------------------------------------------------------------------------------
+# Helm itself: binary, lint
+
+
+def test_helm_is_version_3():
+    result = run_helm("version", "--short")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("v3."), result.stdout
+
+
+@pytest.mark.parametrize("variant", ["default", "all-on"])
+def test_lint_strict(variant):
+    extra = ["-f", str(ALL_ON_VALUES)] if variant == "all-on" else []
+    result = run_helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *extra)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "[WARNING]" not in output and "[ERROR]" not in output, output
+
+
+def test_chart_metadata():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == "2.51.0"  # tritonserver 2.51.0 = NGC 24.10
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    for key in ("image", "triton", "modelRepository", "engineCache", "service", "gpu", "probes",
+                "autoscaling", "serviceMonitor", "podDisruptionBudget", "securityContext"):
+        assert schema["properties"][key].get("additionalProperties") is False, key
+
+
+# --------------------------------------------------------------------------------------------
+# Kubernetes 1.30 schemas and the ServiceMonitor CRD
+
+
+def strict_crd_schema(schema):
+    """The CRD's openAPIV3Schema with unknown fields refused (the API server would silently
+    prune them: a typo would vanish instead of failing)."""
+    if isinstance(schema, list):
+        return [strict_crd_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strict_crd_schema(value) for key, value in schema.items()}
+    if (
+        out.get("type") == "object"
+        and "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def servicemonitor_validator():
+    jsonschema = jsonschema_module()
+    vendored = json.loads(SERVICEMONITOR_CRD.read_text())
+    assert (vendored["group"], vendored["kind"], vendored["version"]) == ("monitoring.coreos.com", "ServiceMonitor", "v1")
+    schema = strict_crd_schema(vendored["openAPIV3Schema"])
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def crd_errors(validator, doc: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_manifests_match_kubernetes_schemas(rendered, servicemonitor_validator, variant):
+    kv = kubernetes_validate_module()
+    problems = []
+    for doc in rendered[variant]:
+        where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        if doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "ServiceMonitor":
+            problems += [f"{where}: {e}" for e in crd_errors(servicemonitor_validator, doc)]
+            continue
+        try:
+            kv.validate(doc, KUBE_VERSION, strict=True)
+        except kv.SchemaNotFoundError:
+            problems.append(f"{where}: kind unknown to Kubernetes {KUBE_VERSION} ({doc['apiVersion']})")
+        except kv.ValidationError as error:
+            problems.append(f"{where}: {error}")
+    assert not problems, "\n".join(problems)
+
+
+def test_unknown_kind_fails_validation():
+    """kubernetes-validate's CLI only warns on an unknown kind; through the API it raises, and the
+    test above turns that into a failure."""
+    kv = kubernetes_validate_module()
+    with pytest.raises(kv.SchemaNotFoundError):
+        kv.validate({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}, KUBE_VERSION, strict=True)
+
+
+def test_strict_validation_catches_a_misspelt_field(default_docs, servicemonitor_validator, all_on_docs):
+    kv = kubernetes_validate_module()
+    deployment = copy.deepcopy(one(default_docs, "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["periodSecond"] = 5
+    with pytest.raises(kv.ValidationError):
+        kv.validate(deployment, KUBE_VERSION, strict=True)
+    monitor = copy.deepcopy(one(all_on_docs, "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["intervall"] = "10s"
+    assert crd_errors(servicemonitor_validator, monitor)
+
+
+# --------------------------------------------------------------------------------------------
+# What the issue asks of the Deployment
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_security_settings(rendered, variant):
+    docs = rendered[variant]
+    pods = [server_pod(docs)["spec"]]
+    if variant != "image-emptydir":
+        pods.append(helm_test_pod(docs)["spec"])
+    for spec in pods:
+        assert spec["automountServiceAccountToken"] is False
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 1000
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in all_containers(spec):
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True, container["name"]
+            assert sc["runAsUser"] == 1000, container["name"]
+            assert sc["readOnlyRootFilesystem"] is True, container["name"]
+            assert sc["allowPrivilegeEscalation"] is False, container["name"]
+            assert sc["capabilities"] == {"drop": ["ALL"]}, container["name"]
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, container["name"]
+    # Writable volumes only where needed; everything else mounted read-only.
+    spec = server_pod(docs)["spec"]
+    writable = {path for path, m in mounts_by_path(triton_container(docs)).items() if not m.get("readOnly")}
+    assert writable == WRITABLE_MOUNTS
+    for init in spec.get("initContainers", []):
+        assert set(mounts_by_path(init)) <= {"/models", "/tmp"}
+    # Own ServiceAccount without a token.
+    if variant == "image-emptydir":
+        assert not of_kind(docs, "ServiceAccount")
+        assert spec["serviceAccountName"] == "default"
+    else:
+        account = one(docs, "ServiceAccount")
+        assert account["automountServiceAccountToken"] is False
+        assert spec["serviceAccountName"] == account["metadata"]["name"]
+
+
+@pytest.mark.parametrize("variant", ["default", "all-on"])
+def test_probes(rendered, variant):
+    container = triton_container(rendered[variant])
+    startup, ready, live = container["startupProbe"], container["readinessProbe"], container["livenessProbe"]
+    assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert ready["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert live["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= STARTUP_BUDGET_S
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+
+@pytest.mark.parametrize(("variant", "gpus"), [("default", 1), ("all-on", 2)])
+def test_gpu_resources_and_placement(rendered, variant, gpus):
+    docs = rendered[variant]
+    resources = triton_container(docs)["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == gpus
+    assert resources["requests"]["nvidia.com/gpu"] == gpus
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"] and resources["limits"]["memory"]
+    spec = server_pod(docs)["spec"]
+    assert spec["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_triton_arguments(rendered, variant):
+    docs = rendered[variant]
+    container = triton_container(docs)
+    args = container["args"]
+    assert container["command"] == ["tritonserver"]
+    assert arg_value(args, "--model-repository") == "/models"
+    assert arg_value(args, "--model-config-name") == "gpu"
+    assert arg_value(args, "--model-control-mode") == "none"
+    assert int(arg_value(args, "--exit-timeout-secs")) > 0
+    assert re.fullmatch(r"local,size=[1-9][0-9]*", arg_value(args, "--cache-config"))
+    # Restricted APIs behind a key from a Secret (expanded by the kubelet from the environment).
+    values = yaml.safe_load((ALL_ON_VALUES if variant == "all-on" else CHART / "values.yaml").read_text())
+    header = values["triton"]["restrictedApi"].get("header", "perceptserve-api-key")
+    expected = f"{','.join(RESTRICTED_APIS)}:{header}=$(TRITON_RESTRICTED_API_KEY)"
+    assert arg_value(args, "--grpc-restricted-protocol") == expected
+    assert arg_value(args, "--http-restricted-api") == expected
+    key_env = [e for e in container["env"] if e["name"] == "TRITON_RESTRICTED_API_KEY"]
+    assert len(key_env) == 1 and "secretKeyRef" in key_env[0]["valueFrom"]
+    ref = key_env[0]["valueFrom"]["secretKeyRef"]
+    secrets = of_kind(docs, "Secret")
+    if variant == "all-on":  # an existing Secret: the chart creates none
+        assert ref == {"name": "perceptserve-api-key", "key": "key"}
+        assert not secrets
+    else:  # a generated key
+        assert len(secrets) == 1 and secrets[0]["metadata"]["name"] == ref["name"]
+        key = base64.b64decode(secrets[0]["data"][ref["key"]]).decode()
+        assert re.fullmatch(r"[A-Za-z0-9]{32,}", key)
+    # No secret value in the pod spec itself.
+    assert "$(TRITON_RESTRICTED_API_KEY)" in json.dumps(args)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_termination_grace_exceeds_exit_timeout(rendered, variant):
+    docs = rendered[variant]
+    spec = server_pod(docs)["spec"]
+    container = triton_container(docs)
+    exit_timeout = int(arg_value(container["args"], "--exit-timeout-secs"))
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    sleep = int(pre_stop[1]) if pre_stop else 0
+    assert spec["terminationGracePeriodSeconds"] > exit_timeout + sleep
+
+
+@pytest.mark.parametrize("variant", ["default", "all-on"])
+def test_shm_and_tmp_volumes(rendered, variant):
+    docs = rendered[variant]
+    spec = server_pod(docs)["spec"]
+    mounts = mounts_by_path(triton_container(docs))
+    shm = volume(spec, mounts["/dev/shm"]["name"])
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert shm["emptyDir"]["sizeLimit"]
+    assert "emptyDir" in volume(spec, mounts["/tmp"]["name"])
+
+
+def test_engine_cache_volume(rendered):
+    # default: a chart-created claim, kept on uninstall
+    docs = rendered["default"]
+    mount = mounts_by_path(triton_container(docs))[ENGINE_CACHE]
+    claim = volume(server_pod(docs)["spec"], mount["name"])["persistentVolumeClaim"]["claimName"]
+    pvc = one(docs, "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == claim
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # an existing claim: none created
+    docs = rendered["pvc-subpath-existing-cache"]
+    mount = mounts_by_path(triton_container(docs))[ENGINE_CACHE]
+    assert volume(server_pod(docs)["spec"], mount["name"])["persistentVolumeClaim"]["claimName"] == "trt-cache"
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    # emptyDir
+    docs = rendered["image-emptydir"]
+    mount = mounts_by_path(triton_container(docs))[ENGINE_CACHE]
+    assert "emptyDir" in volume(server_pod(docs)["spec"], mount["name"])
+    assert not of_kind(docs, "PersistentVolumeClaim")
+
+
+def test_model_repository_sources(rendered):
+    # pvc: the claim, read-only, optionally a folder of it
+    docs = rendered["pvc-subpath-existing-cache"]
+    spec = server_pod(docs)["spec"]
+    mount = mounts_by_path(triton_container(docs))["/models"]
+    assert mount["readOnly"] is True and mount["subPath"] == "perceptserve/v1"
+    source = volume(spec, mount["name"])["persistentVolumeClaim"]
+    assert source == {"claimName": "shared-models", "readOnly": True}
+    assert "initContainers" not in spec
+    # s3: an init container syncs into an emptyDir, credentials from a Secret
+    docs = rendered["all-on"]
+    spec = server_pod(docs)["spec"]
+    mount = mounts_by_path(triton_container(docs))["/models"]
+    assert mount["readOnly"] is True
+    assert volume(spec, mount["name"])["emptyDir"]["sizeLimit"] == "30Gi"
+    (init,) = spec["initContainers"]
+    assert init["image"].startswith("amazon/aws-cli:")
+    assert "aws s3 sync" in init["command"][2]
+    env = {e["name"]: e for e in init["env"]}
+    assert env["MODEL_REPOSITORY_URL"]["value"] == "s3://models/perceptserve/repository"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "https://minio.storage.svc:9000"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "perceptserve-s3", "key": name}
+    assert "args" not in init
+    assert init["command"][3:] == ["fetch-model-repository", "--exclude", "*.pth"]  # $0, then "$@"
+    assert mounts_by_path(init)["/models"]["name"] == mount["name"]
+    # image: nothing mounted over /models
+    docs = rendered["image-emptydir"]
+    assert "/models" not in mounts_by_path(triton_container(docs))
+    assert "model-repository" not in {v["name"] for v in server_pod(docs)["spec"]["volumes"]}
+
+
+@pytest.mark.parametrize("variant", ["default", "all-on"])
+def test_service_and_selectors(rendered, variant):
+    docs = rendered[variant]
+    service = one(docs, "Service")
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {"http": (8000, "http"), "grpc": (8001, "grpc"), "metrics": (8002, "metrics")}
+    selector = service["spec"]["selector"]
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["selector"]["matchLabels"] == selector
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    # The helm test pod is neither a Service endpoint nor covered by the budget.
+    test_labels = helm_test_pod(docs)["metadata"]["labels"]
+    assert not selector.items() <= test_labels.items()
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_pod_disruption_budget(rendered):
+    assert one(rendered["default"], "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert one(rendered["all-on"], "PodDisruptionBudget")["spec"]["maxUnavailable"] == "25%"
+    spec = one(rendered["image-emptydir"], "PodDisruptionBudget")["spec"]
+    assert spec["minAvailable"] == 1 and "maxUnavailable" not in spec
+
+
+def test_autoscaling(rendered):
+    assert not of_kind(rendered["default"], "HorizontalPodAutoscaler")
+    assert one(rendered["default"], "Deployment")["spec"]["replicas"] == 1
+    docs = rendered["all-on"]
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    deployment = one(docs, "Deployment")
+    assert "replicas" not in deployment["spec"]  # the HPA owns the count
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "nv_inference_queue_duration_per_request_us"
+    assert metric["pods"]["metric"]["selector"] == {"matchLabels": {"model": "hqsam_encoder"}}
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "20000"}
+    # The README carries the prometheus-adapter rule that serves this metric.
+    readme = (REPO / "helm" / "README.md").read_text()
+    assert "nv_inference_queue_duration_per_request_us" in readme
+    assert "delta(nv_inference_queue_duration_us" in readme and "delta(nv_inference_request_success" in readme
+
+
+def test_service_monitor(rendered):
+    assert not of_kind(rendered["default"], "ServiceMonitor")
+    docs = rendered["all-on"]
+    monitor = one(docs, "ServiceMonitor")
+    service = one(docs, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("variant", ["default", "all-on"])
+def test_helm_test_pod(rendered, variant):
+    docs = rendered[variant]
+    pod = helm_test_pod(docs)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    (container,) = spec["containers"]
+    assert container["image"] == triton_container(docs)["image"]
+    assert container["command"][:2] == ["python3", "-c"]
+    script = container["command"][2]
+    compile(script, "test_inference.py", "exec")
+    assert "/v2/health/ready" in script and "client.infer(MODEL" in script
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PERCEPTSERVE_MODEL"]["value"] == "hqsam"
+    service = one(docs, "Service")
+    assert env["PERCEPTSERVE_URL"]["value"] == f"{service['metadata']['name']}.{NAMESPACE}.svc:8000"
+    assert env["PERCEPTSERVE_API_KEY"]["valueFrom"]["secretKeyRef"] == \
+        [e for e in triton_container(docs)["env"] if e["name"] == "TRITON_RESTRICTED_API_KEY"][0]["valueFrom"]["secretKeyRef"]
+
+
+def test_helm_test_script_uses_the_ensemble_api():
+    """The test script's tensors are the hqsam ensemble's public ones (names, types, ranks)."""
+    from perceptserve.model_repository import hqsam
+
+    script = (CHART / "files" / "test_inference.py").read_text()
+    inputs = {t.name: t for t in hqsam.ENSEMBLE_INPUTS}
+    outputs = {t.name: t for t in hqsam.ENSEMBLE_OUTPUTS}
+    sent = dict(re.findall(r'InferInput\("(\w+)", list\(\w+\.shape\), "(\w+)"\)', script))
+    assert sent == {"image": "BYTES", "point_coords": "FP32", "point_labels": "INT32"}
+    for name, dtype in sent.items():
+        assert inputs[name].dtype == ("STRING" if dtype == "BYTES" else dtype), name
+    required = {name for name, tensor in inputs.items() if not tensor.optional}
+    assert required <= set(sent)
+    assert set(re.findall(r'as_numpy\("(\w+)"\)', script)) == set(outputs)
+    assert hqsam.ENSEMBLE == "hqsam"
+    assert len(outputs["masks"].dims) == 4 and len(outputs["iou_predictions"].dims) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults agree with perceptserve.settings
+
+
+def test_defaults_follow_perceptserve_settings(default_docs):
+    from perceptserve.settings import GpuOnnxRuntime, ServerSettings
+
+    server = ServerSettings()
+    container = triton_container(default_docs)
+    args = container["args"]
+    assert int(arg_value(args, "--exit-timeout-secs")) == server.exit_timeout_s
+    assert arg_value(args, "--cache-config") == f"local,size={server.response_cache_bytes}"
+    assert f"--backend-config=python,shm-default-byte-size={server.python_shm_default_bytes}" in args
+    assert f"--backend-config=python,shm-growth-byte-size={server.python_shm_growth_bytes}" in args
+    assert (int(arg_value(args, "--http-port")), int(arg_value(args, "--grpc-port")),
+            int(arg_value(args, "--metrics-port"))) == (server.http_port, server.grpc_port, server.metrics_port)
+    assert GpuOnnxRuntime().engine_cache_path == ENGINE_CACHE
+    assert ENGINE_CACHE in mounts_by_path(container)
+
+
+# --------------------------------------------------------------------------------------------
+# NOTES.txt
+
+
+def test_notes(tmp_path):
+    """`helm template` renders NOTES.txt but does not print it: render a copy of the chart in
+    which the notes are also a ConfigMap."""
+    chart = tmp_path / "perceptserve"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_copy.tpl").write_text('{{- define "notes.copy" -}}\n' + notes + "\n{{- end }}\n")
+    (chart / "templates" / "notes-configmap.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+        '  notes: {{ include "notes.copy" . | quote }}\n'
+    )
+    result = run_helm("template", RELEASE, str(chart), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
+                      "-f", str(ALL_ON_VALUES), "--show-only", "templates/notes-configmap.yaml")
+    assert result.returncode == 0, result.stderr
+    text = yaml.safe_load(result.stdout)["data"]["notes"]
+    assert "port-forward svc/perceptserve-ci" in text
+    assert "/v2/health/ready" in text and '"hqsam"' in text
+    assert "x-perceptserve-key" in text and "secret perceptserve-api-key" in text
+    assert '"triton-grpc-protocol-x-perceptserve-key"' in text
+    assert f"helm test {RELEASE}" in text
+    assert "custom.metrics.k8s.io" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Bad values are refused at render time (so at `helm install` too)
+
+
+BAD_VALUES = [
+    (["--set", "replicaCount=two"], "replicaCount: Invalid type"),
+    (["--set-string", "replicaCount=3"], "replicaCount: Invalid type"),
+    (["--set", "replicas=2"], "Additional property replicas is not allowed"),
+    (["--set", "modelRepository.source=ftp"], "modelRepository.source must be one of"),
+    (["--set", "autoscaling.enable=true"], "Additional property enable is not allowed"),
+    (["--set", "modelRepository.source=s3"], "modelRepository.s3.url"),
+    (["--set", "modelRepository.pvc.claimName="], "modelRepository.pvc.claimName"),
+    (["--set", "securityContext.runAsUser=0"], "securityContext.runAsUser"),
+    (["--set", "triton.restrictedApi.apis={trace}"], "triton.restrictedApi.apis"),
+    (["--set", "triton.restrictedApi.header=X-Key"], "triton.restrictedApi.header"),
+    (["--set", "gpu.count=0"], "gpu.count"),
+    (["--set", "engineCache.type=hostPath"], "engineCache.type"),
+    (["--set", "shm.sizeLimit=lots"], "shm.sizeLimit"),
+    (["--set", "podDisruptionBudget.minAvailable=1"], "podDisruptionBudget"),
+    (["--set", "terminationGracePeriodSeconds=30"], "terminationGracePeriodSeconds (30) must be greater"),
+    (["--set", "autoscaling.enabled=true", "--set", "autoscaling.maxReplicas=1", "--set", "autoscaling.minReplicas=3"],
+     "autoscaling.maxReplicas"),
+    (["--set", "resources.limits.nvidia\\.com/gpu=1"], "gpu.count"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_are_refused(args, message):
+    result = run_helm(*template_args(*args))
+    assert result.returncode != 0, f"helm template {' '.join(args)} was accepted"
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args", [["--set", "replicaCount=two"], ["--set", "modelRepository.source=ftp"],
+                                  ["--set", "bogus=1"]])
+def test_lint_refuses_bad_values(args):
+    result = run_helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *args)
+    assert result.returncode != 0, result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# The Dockerfile the default image comes from (it cannot be built here: static checks)
+
+
+def test_dockerfile():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG TRITON_IMAGE=nvcr\.io/nvidia/tritonserver:24\.10-py3$", dockerfile, re.M)
+    assert re.search(r"^FROM \$\{TRITON_IMAGE\}$", dockerfile, re.M)
+    for package in ('"numpy<2"', '"pillow', '"onnxruntime-gpu', '"tritonclient[http]'):
+        assert package in dockerfile, package
+    assert "pip install --no-deps ." in dockerfile
+    # Every source folder of the package is copied (pyproject's package-dir).
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    folders = {path.split("/")[0] for path in pyproject["tool"]["setuptools"]["package-dir"].values()}
+    for folder in folders:
+        assert re.search(rf"^COPY {folder}/ {folder}/$", dockerfile, re.M), folder
+    assert re.search(r"^COPY pyproject\.toml README\.md \./$", dockerfile, re.M)
+    assert re.search(r"^USER \$\{PERCEPTSERVE_UID\}:\$\{PERCEPTSERVE_GID\}$", dockerfile, re.M)
+    assert "ARG PERCEPTSERVE_UID=1000" in dockerfile
+    assert 'ENTRYPOINT ["tritonserver"]' in dockerfile
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".venv", "repository", "demo-output", "bench-output", ".git", "**/*.onnx"} <= ignored
+
+
+# --------------------------------------------------------------------------------------------
+# The chart's tritonserver arguments and its `helm test` script, on the real tritonserver 2.51
+# (the binary nvidia-pytriton ships) with a stand-in `hqsam` model that has the ensemble's
+# public inputs and outputs.
+
+STAND_IN_HQSAM = '''
+import io
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image
+
+
+class TritonPythonModel:
+    """Answers like the hqsam ensemble: one mask per prompt set, at the image's size."""
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)[0]
+            width, height = Image.open(io.BytesIO(bytes(data))).size
+            coords = pb_utils.get_input_tensor_by_name(request, "point_coords")
+            sets = coords.as_numpy().shape[0] if coords is not None else 1
+            masks = np.zeros((sets, 1, height, width), dtype=bool)
+            masks[:, :, height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = True
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("masks", masks),
+                pb_utils.Tensor("iou_predictions", np.full((sets, 1), 0.9, dtype=np.float32)),
+                pb_utils.Tensor("low_res_logits", np.zeros((sets, 1, 256, 256), dtype=np.float32)),
+            ]))
+        return responses
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stand_in_repository(root: Path) -> Path:
+    from perceptserve.model_repository import hqsam
+
+    def tensors(items) -> str:
+        return ",\n".join(
+            f'  {{ name: "{t.name}" data_type: TYPE_{t.dtype} dims: [ {", ".join(map(str, t.dims))} ]'
+            + (" optional: true" if getattr(t, "optional", False) else "") + " }"
+            for t in items
+        )
+
+    model = root / hqsam.ENSEMBLE
+    (model / "configs").mkdir(parents=True)
+    (model / "1").mkdir()
+    (model / "configs" / "gpu.pbtxt").write_text(
+        f'name: "{hqsam.ENSEMBLE}"\nbackend: "python"\nmax_batch_size: 0\n'
+        f"input [\n{tensors(hqsam.ENSEMBLE_INPUTS)}\n]\noutput [\n{tensors(hqsam.ENSEMBLE_OUTPUTS)}\n]\n"
+        "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
+    )
+    (model / "1" / "model.py").write_text(STAND_IN_HQSAM)
+    # The image's default /models holds a note like this one: Triton must skip plain files.
+    (root / "README.txt").write_text("not a model\n")
+    return root
+
+
+def bundled_tritonserver(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """(binary, backend folder with the python backend and this Python's stub, caches, libs)."""
+    try:
+        import pytriton
+    except ImportError:
+        pytest.fail("nvidia-pytriton (the bundled tritonserver) is not installed: run `make install`", pytrace=False)
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    backends = tmp_path / "backends"
+    python = backends / "python"
+    python.mkdir(parents=True)
+    for item in (root / "backends" / "python").iterdir():
+        if item.is_file():
+            shutil.copy2(item, python / item.name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy2(root / "python_backend_stubs" / version / "triton_python_backend_stub", python)
+    return root / "bin" / "tritonserver", backends, root / "caches", root.parent.parent / "nvidia_pytriton.libs"
+
+
+def container_environment(container: dict, docs: list[dict]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it (values and Secret keys)."""
+    secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
+    env = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = base64.b64decode(secrets[ref["name"]]["data"][ref["key"]]).decode()
+    return env
+
+
+def expand(argument: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion in command and args."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), argument)
+
+
+@pytest.mark.server
+def test_chart_arguments_and_helm_test_script_on_tritonserver(default_docs, tmp_path):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    binary, backends, caches, libraries = bundled_tritonserver(tmp_path)
+    repository = stand_in_repository(tmp_path / "models")
+    container = triton_container(default_docs)
+    env = container_environment(container, default_docs)
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    replaced = {
+        "--model-repository": str(repository),
+        "--http-port": str(ports["http"]),
+        "--grpc-port": str(ports["grpc"]),
+        "--metrics-port": str(ports["metrics"]),
+    }
+    args = []
+    for argument in container["args"]:
+        flag = argument.split("=", 1)[0]
+        args.append(f"{flag}={replaced[flag]}" if flag in replaced else expand(argument, env))
+    assert not [a for a in args if "$(" in a], args
+    command = [str(binary), *args, f"--backend-directory={backends}", f"--cache-directory={caches}",
+               "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
+    process_env = dict(os.environ, **{k: v for k, v in env.items() if k != "HOME"})
+    process_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{process_env.get('PATH', '')}"
+    process_env["LD_LIBRARY_PATH"] = f"{libraries}{os.pathsep}{process_env.get('LD_LIBRARY_PATH', '')}"
+    log_path = tmp_path / "tritonserver.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=process_env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"tritonserver exited ({server.returncode}) with the chart's arguments:\n"
+                            + log_path.read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("tritonserver not ready in 90 s:\n" + log_path.read_text()[-3000:])
+            time.sleep(0.5)
+
+        # The helm test pod's script, with the pod's environment (URL pointed at this server).
+        pod = helm_test_pod(default_docs)
+        (pod_container,) = pod["spec"]["containers"]
+        script_env = dict(os.environ, **container_environment(pod_container, default_docs))
+        script_env["PERCEPTSERVE_URL"] = f"127.0.0.1:{ports['http']}"
+        script_env["PERCEPTSERVE_TIMEOUT"] = "30"
+        script_env.pop("HOME", None)
+        result = subprocess.run([sys.executable, "-c", pod_container["command"][2]], env=script_env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "PASS" in result.stdout
+        assert "statistics refused without the key (403)" in result.stdout
+
+        # gRPC: Triton expects the key under the metadata key "triton-grpc-protocol-<header>"
+        # (as NOTES.txt and the README say); model control stays off even with it.
+        header = "triton-grpc-protocol-" + script_env["PERCEPTSERVE_API_KEY_HEADER"]
+        key = script_env["PERCEPTSERVE_API_KEY"]
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}")
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.get_inference_statistics("hqsam")
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.get_inference_statistics("hqsam", headers={script_env["PERCEPTSERVE_API_KEY_HEADER"]: key})
+        assert client.get_inference_statistics("hqsam", headers={header: key}).model_stats[0].name == "hqsam"
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.get_model_config("hqsam")
+        with pytest.raises(InferenceServerException) as refused:
+            client.unload_model("hqsam", headers={header: key})
+        assert "restricted" not in str(refused.value)  # refused by model control mode none
+        assert client.is_model_ready("hqsam")
+        client.close()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
