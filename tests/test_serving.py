@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import threading
@@ -17,7 +18,7 @@ from segment_anything_hq import SamPredictor
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.clients.errors import ClientError
-from perceptserve.clients.hqsam import HQSamClient
+from perceptserve.clients.hqsam import AsyncHQSamClient, HQSamClient
 from perceptserve.export.parity import mask_iou
 from perceptserve.imaging import encode_png
 
@@ -103,6 +104,23 @@ def test_concurrent_clients_are_batched_and_correct(server, small_vit, photos):
     assert inferences == 8 and executions < inferences, f"{inferences} images in {executions} encoder runs"
     for image, result in zip(images, results):
         expected = official_batched(small_vit.sam, image, boxes=box[None])
+        assert mask_iou(result.masks[0], expected[0][0]) >= 0.99
+
+
+def test_async_client_serves_concurrent_requests(server, small_vit, photos):
+    image = photos["chelsea_portrait"]
+    boxes = [np.array([20.0, 30.0, 200.0, 250.0]), np.array([5.0, 100.0, 240.0, 290.0]), np.array([60.0, 10.0, 120.0, 90.0])]
+
+    async def main():
+        client = AsyncHQSamClient(server.grpc_url)
+        try:
+            return await asyncio.gather(*(client.segment(encode_png(image), box=box) for box in boxes))
+        finally:
+            await client.close()
+
+    for box, result in zip(boxes, asyncio.run(main())):
+        expected = official_batched(small_vit.sam, image, boxes=box[None])
+        assert result.masks.shape == (1, 1, *image.shape[:2])
         assert mask_iou(result.masks[0], expected[0][0]) >= 0.99
 
 
