@@ -98,6 +98,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+HQSAM_MODEL_TYPES = ["vit_tiny", "vit_b", "vit_l", "vit_h"]
+
+
+def _add_hqsam_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--model-type` and where the weights come from: a checkpoint, or seeded random values."""
+    parser.add_argument("--model-type", required=True, choices=HQSAM_MODEL_TYPES)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="official HQ-SAM checkpoint (sam_hq_vit_*.pth)")
+    source.add_argument("--random-init", action="store_true", help="random weights (tests, demos, benchmarks)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perceptserve", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,11 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a model family into a Triton model repository")
     families = export.add_subparsers(dest="family", required=True)
     hqsam = families.add_parser("hqsam", help="HQ-SAM: encoder + HQ decoder to ONNX, with parity check")
-    hqsam.add_argument("--model-type", required=True, choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
-    source = hqsam.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="official HQ-SAM checkpoint (sam_hq_vit_*.pth)")
-    source.add_argument("--random-init", action="store_true", help="random weights (tests, demos)")
-    hqsam.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    _add_hqsam_model_arguments(hqsam)
     hqsam.add_argument("--repository", type=Path, required=True, help="model repository folder")
     hqsam.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     hqsam.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU + tensorrt)")
@@ -141,11 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmark eager vs ONNX Runtime vs served, side by side")
     bench_families = bench.add_subparsers(dest="family", required=True)
     bench_hqsam = bench_families.add_parser("hqsam", help="HQ-SAM: encoder, prompt and full-request latency")
-    bench_hqsam.add_argument("--model-type", required=True, choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
-    bench_source = bench_hqsam.add_mutually_exclusive_group(required=True)
-    bench_source.add_argument("--checkpoint", type=Path, help="official HQ-SAM checkpoint (sam_hq_vit_*.pth)")
-    bench_source.add_argument("--random-init", action="store_true", help="random weights (speed does not depend on them)")
-    bench_hqsam.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    _add_hqsam_model_arguments(bench_hqsam)
     bench_hqsam.add_argument("--modes", help="comma-separated among eager, onnxruntime, onnxruntime-int8, triton, torch-fp16 "
                              "(default: eager,onnxruntime,triton, plus torch-fp16 on a GPU)")
     bench_hqsam.add_argument("--concurrency", default="1,2,4", help="concurrent requests for the triton mode (default 1,2,4)")
@@ -164,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_hqsam.set_defaults(func=cmd_bench_hqsam)
 
     demo = commands.add_parser("demo", help="export, serve and segment a sample photo end to end")
-    demo.add_argument("--model-type", default="vit_tiny", choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
+    demo.add_argument("--model-type", default="vit_tiny", choices=HQSAM_MODEL_TYPES)
     demo.add_argument("--checkpoint", type=Path)
     demo.add_argument("--repository", type=Path, default=Path("repository"))
     demo.add_argument("--out", type=Path, default=Path("demo-output"))
