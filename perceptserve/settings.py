@@ -57,12 +57,32 @@ class HQSamServing:
 
 
 @dataclass(frozen=True)
+class DatasetDMServing:
+    """The DatasetDM models' instances: the diffusion parts (UNet, feature extractor, VAE, text
+    encoder) are large, the P-Decoders small."""
+
+    diffusion_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
+    decoder_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
+
+
+@dataclass(frozen=True)
 class GpuOnnxRuntime:
     """The ONNX Runtime backend's TensorRT execution provider in the `gpu` configs."""
 
     precision_mode: str = "FP16"
     max_workspace_size_bytes: int = 4 << 30
     engine_cache_path: str = "/cache/tensorrt"
+
+
+# Triton APIs that let a caller read or change the server itself, not run inference. With an API
+# key they answer only requests carrying it (the Helm chart always sets one).
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+API_KEY_HEADER = "perceptserve-api-key"
+
+
+def grpc_key_metadata(key: str) -> dict[str, str]:
+    """The gRPC metadata that carries the key: Triton reads it as `triton-grpc-protocol-<header>`."""
+    return {f"triton-grpc-protocol-{API_KEY_HEADER}": key}
 
 
 @dataclass(frozen=True)
@@ -77,11 +97,13 @@ class ServerSettings:
     # Initial shared-memory region per python-backend model instance; it grows on demand.
     python_shm_default_bytes: int = 16 << 20
     python_shm_growth_bytes: int = 16 << 20
+    api_key: str | None = None  # restricts RESTRICTED_APIS when set
 
 
 @dataclass(frozen=True)
 class Settings:
     hqsam: HQSamServing = field(default_factory=HQSamServing)
+    datasetdm: DatasetDMServing = field(default_factory=DatasetDMServing)
     gpu_onnxruntime: GpuOnnxRuntime = field(default_factory=GpuOnnxRuntime)
     server: ServerSettings = field(default_factory=ServerSettings)
 
@@ -90,6 +112,7 @@ ENV_OVERRIDES = {
     "PERCEPTSERVE_MAX_IMAGE_PIXELS": ("hqsam", "max_image_pixels", int),
     "PERCEPTSERVE_ORT_THREADS": ("hqsam", "onnxruntime_threads", int),
     "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
+    "PERCEPTSERVE_API_KEY": ("server", "api_key", str),
 }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perceptserve.errors import UserError
-from perceptserve.settings import ServerSettings
+from perceptserve.settings import API_KEY_HEADER, RESTRICTED_APIS, ServerSettings
 
 LOG_TAIL_LINES = 25
 
@@ -106,6 +106,10 @@ class TritonServer:
 
     def command(self, triton: BundledTriton) -> list[str]:
         s = self.settings
+        restricted = []
+        if s.api_key:
+            rule = f"{','.join(RESTRICTED_APIS)}:{API_KEY_HEADER}={s.api_key}"
+            restricted = [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
         return [
             str(triton.binary),
             f"--model-repository={self.repository}",
@@ -125,6 +129,7 @@ class TritonServer:
             f"--exit-timeout-secs={s.exit_timeout_s}",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            *restricted,
         ]
 
     def _check_repository(self) -> None:
@@ -197,6 +202,16 @@ class TritonServer:
         self.stop()
 
 
+def exposure_warning(settings: ServerSettings) -> str | None:
+    """What to tell an operator who exposes the server beyond loopback without an API key."""
+    if settings.host in ("127.0.0.1", "localhost", "::1") or settings.api_key:
+        return None
+    return (
+        f"listening on {settings.host} with no key on the restricted APIs ({', '.join(RESTRICTED_APIS)}): "
+        "anyone who can reach it can use them; set PERCEPTSERVE_API_KEY"
+    )
+
+
 def serve_forever(repository: Path, config: str, settings: ServerSettings, log_file: Path | None = None) -> int:
     server = TritonServer(repository, config, settings, log_file)
     server.start()
@@ -217,12 +232,9 @@ def serve_forever(repository: Path, config: str, settings: ServerSettings, log_f
         if tail:
             print(f"--- last lines of {server.log_file} ---\n{tail}\n---", file=sys.stderr)
         raise
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"WARNING: listening on {settings.host} with no key on the restricted APIs "
-            "(model repository, config, shared memory, statistics): anyone who can reach it can use them",
-            file=sys.stderr,
-        )
+    warning = exposure_warning(settings)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(f"ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}", flush=True)
     while True:
         try:
