@@ -98,6 +98,8 @@ class ServerSettings:
     python_shm_default_bytes: int = 16 << 20
     python_shm_growth_bytes: int = 16 << 20
     api_key: str | None = None  # restricts RESTRICTED_APIS when set
+    # `perceptserve serve` restarts the server when a python-backend stub dies, this many times.
+    stub_restart_limit: int = 5
 
 
 @dataclass(frozen=True)

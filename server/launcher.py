@@ -212,19 +212,28 @@ def exposure_warning(settings: ServerSettings) -> str | None:
     )
 
 
-def serve_forever(repository: Path, config: str, settings: ServerSettings, log_file: Path | None = None) -> int:
-    server = TritonServer(repository, config, settings, log_file)
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """The python-backend stubs of a tritonserver: {pid: model instance name}.
+
+    Triton 2.51 does not restart a stub that dies: every later request to that model fails with
+    INTERNAL "Stub process ... is not healthy" while the server still reports ready. So we watch
+    them ourselves."""
+    stubs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent != server_pid:
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+        if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 3:
+            stubs[int(stat.parent.name)] = argv[-3].decode()  # argv ends with: name, "DEFAULT", ""
+    return stubs
+
+
+def _start(server: TritonServer) -> None:
     server.start()
-    forwarded = []
-
-    def forward(signum, _frame):
-        forwarded.append(signum)
-        if server.process.poll() is None:
-            server.process.send_signal(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, forward)
-    print(f"starting tritonserver on {repository} ({config} configs); log: {server.log_file}", flush=True)
     try:
         server.wait_ready()
     except ServerError:
@@ -232,12 +241,104 @@ def serve_forever(repository: Path, config: str, settings: ServerSettings, log_f
         if tail:
             print(f"--- last lines of {server.log_file} ---\n{tail}\n---", file=sys.stderr)
         raise
+
+
+def ensemble_entries(repository: Path, config: str) -> dict[str, str]:
+    """{ensemble: the model of its first step}, from the repository's configs."""
+    from perceptserve.model_repository.configs import parse
+
+    entries = {}
+    for path in Path(repository).glob(f"*/configs/{config}.pbtxt"):
+        parsed = parse(path.read_text())
+        if parsed.platform == "ensemble" and parsed.ensemble_scheduling.step:
+            entries[parsed.name] = parsed.ensemble_scheduling.step[0].model_name
+    return entries
+
+
+def in_flight(metrics_text: str, entries: dict[str, str]) -> int:
+    """Requests Triton holds: queued in any model, plus ensemble requests past their first step
+    and not yet answered (first-step completions minus ensemble completions)."""
+    values: dict[tuple[str, str], float] = {}
+    for line in metrics_text.splitlines():
+        match = re.match(r'^(nv_inference_\w+)\{.*model="([^"]+)".*\} ([0-9.e+]+)$', line)
+        if match:
+            key = (match.group(1), match.group(2))
+            values[key] = values.get(key, 0.0) + float(match.group(3))
+
+    def completed(model: str) -> float:
+        return values.get(("nv_inference_request_success", model), 0.0) + values.get(("nv_inference_request_failure", model), 0.0)
+
+    queued = sum(v for (name, _), v in values.items() if name == "nv_inference_pending_request_count")
+    between_steps = sum(max(completed(first) - completed(ensemble), 0.0) for ensemble, first in entries.items())
+    return int(queued + between_steps)
+
+
+def _drain_then_stop(server: TritonServer, signum: int, poll_s: float = 0.1) -> None:
+    """Let accepted requests finish, then pass the signal on.
+
+    Triton stops every model's scheduler at once when signalled, so an ensemble request between
+    two steps would fail with "Server is stopping". We wait (at most the exit timeout) until
+    Triton holds no request on two polls in a row, then signal it.
+    """
+    entries = ensemble_entries(server.repository, server.config)
+    deadline = time.monotonic() + server.settings.exit_timeout_s
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline and server.process.poll() is None:
+        try:
+            with urllib.request.urlopen(server.metrics_url, timeout=2) as response:
+                quiet = quiet + 1 if in_flight(response.read().decode(), entries) == 0 else 0
+        except (urllib.error.URLError, OSError):
+            break
+        time.sleep(poll_s)
+    if server.process.poll() is None:
+        server.process.send_signal(signum)
+
+
+def _watch(server: TritonServer, stopping: list[int], poll_s: float = 0.5) -> str | None:
+    """Wait until the server exits (None) or one of its python stubs dies (the stub's name);
+    a signal in `stopping` drains and stops the server."""
+    stubs = stub_processes(server.process.pid)
+    drained = False
+    while server.process.poll() is None:
+        time.sleep(poll_s)
+        if stopping:
+            if not drained:
+                _drain_then_stop(server, stopping[0])
+                drained = True
+            continue
+        alive = stub_processes(server.process.pid)
+        dead = [name for pid, name in stubs.items() if pid not in alive]
+        if dead and server.process.poll() is None:
+            return dead[0]
+    return None
+
+
+def serve_forever(repository: Path, config: str, settings: ServerSettings, log_file: Path | None = None) -> int:
+    """`perceptserve serve`: run until a signal, restarting the server if a python stub dies."""
+    server = TritonServer(repository, config, settings, log_file)
+    stopping: list[int] = []
+
+    def forward(signum, _frame):
+        if stopping and server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGKILL if len(stopping) > 1 else signum)  # asked again: stop now
+        stopping.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    print(f"starting tritonserver on {repository} ({config} configs); log: {server.log_file}", flush=True)
     warning = exposure_warning(settings)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
-    print(f"ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}", flush=True)
-    while True:
-        try:
+    for restart in range(settings.stub_restart_limit + 1):
+        _start(server)
+        print(f"ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}", flush=True)
+        dead = _watch(server, stopping)
+        if dead is None:
             return server.process.wait()
-        except InterruptedError:
-            continue
+        if restart == settings.stub_restart_limit:
+            break
+        print(f"python-backend stub {dead} died; restarting tritonserver "
+              f"({restart + 1} of {settings.stub_restart_limit} restarts)", file=sys.stderr, flush=True)
+        server.stop()
+    server.stop()
+    raise ServerError(f"python-backend stubs kept dying: gave up after {settings.stub_restart_limit} restarts (log: {server.log_file})")
