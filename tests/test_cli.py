@@ -93,17 +93,23 @@ def test_serve_prints_endpoints_and_exits_cleanly_on_sigterm(small_vit, tmp_path
     assert process.wait(60) == 0
 
 
-def test_serve_reports_why_the_server_failed(small_vit, tmp_path):
+@pytest.mark.parametrize("fault", ["corrupt", "missing"])
+def test_serve_names_the_model_and_file_that_failed(small_vit, tmp_path, fault):
     import shutil
 
     repository = tmp_path / "repo"
     shutil.copytree(small_vit.repository, repository)
-    (repository / "hqsam_decoder" / "1" / "model.onnx").write_bytes(b"this is not onnx")
+    model_file = repository / "hqsam_decoder" / "1" / "model.onnx"
+    if fault == "corrupt":
+        model_file.write_bytes(b"this is not onnx")
+    else:
+        model_file.unlink()
     result = run_cli("serve", "--repository", str(repository), "--grpc-port", str(free_port()),
                      "--http-port", str(free_port()), "--metrics-port", str(free_port()), timeout=240)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("perceptserve serve: tritonserver failed to start:") and "hqsam_decoder" in last
+    assert "hqsam_decoder/1/model.onnx" in last
     assert "--- last lines of" in result.stderr
 
 
