@@ -33,6 +33,26 @@ def cmd_export_hqsam(args: argparse.Namespace) -> int:
     return 0 if report.passed else 3
 
 
+def cmd_export_datasetdm(args: argparse.Namespace) -> int:
+    from perceptserve.export.datasetdm import DatasetDMExport, decoder_paths, run
+
+    tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    job = DatasetDMExport(
+        repository=args.repository,
+        tasks=tasks,
+        diffusion=args.diffusion,
+        tiny_dir=Path(args.tiny_random) if args.tiny_random else None,
+        decoders=decoder_paths(args.decoder or [], tasks),
+        precision=args.precision,
+    )
+    report = run(job, settings_module.from_env())
+    print(report.format())
+    if args.diffusion is None:
+        print(f"tiny random Stable Diffusion pipeline written to {job.tiny_source}")
+    print(f"model repository written to {args.repository}")
+    return 0 if report.passed else 3
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from perceptserve.server.launcher import serve_forever
 
@@ -123,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     hqsam.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU + tensorrt)")
     hqsam.add_argument("--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)")
     hqsam.set_defaults(func=cmd_export_hqsam)
+    datasetdm = families.add_parser("datasetdm", help="DatasetDM: SD 1.x parts, feature extractor, P-Decoders to ONNX")
+    diffusion = datasetdm.add_mutually_exclusive_group(required=True)
+    diffusion.add_argument("--diffusion", type=Path, metavar="DIR", help="Stable Diffusion 1.x folder (diffusers format)")
+    diffusion.add_argument(
+        "--tiny-random", nargs="?", const="", metavar="DIR",
+        help="build a tiny random SD 1.x pipeline into DIR/source/ (default DIR: <repository>-tiny-random)",
+    )
+    decoder = datasetdm.add_mutually_exclusive_group(required=True)
+    decoder.add_argument("--decoder", action="append", metavar="[TASK=]PATH", help="DatasetDM decoder checkpoint; TASK=PATH per task with several tasks")
+    decoder.add_argument("--random-init", action="store_true", help="random decoder weights (tests, demos)")
+    datasetdm.add_argument("--tasks", required=True, metavar="semantic[,depth]", help="the P-Decoders to export")
+    datasetdm.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    datasetdm.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    datasetdm.set_defaults(func=cmd_export_datasetdm)
 
     serve = commands.add_parser("serve", help="run the bundled tritonserver on a model repository")
     serve.add_argument("--repository", type=Path, required=True)
@@ -158,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_server = bench_hqsam.add_mutually_exclusive_group()
     bench_server.add_argument("--url", help="gRPC HOST:PORT of a running `perceptserve serve`")
     bench_server.add_argument("--start-server", action="store_true", help="start the bundled tritonserver for the run")
-    bench_hqsam.add_argument("--out", type=Path, default=Path("bench-output"), help="folder for results.json, results.md, latency.png")
-    bench_hqsam.add_argument("--repository", type=Path, help="an exported repository to reuse (default: export to OUT/repository)")
+    bench_hqsam.add_argument("--out", type=Path, default=Path("bench-output"),
+                             help="folder for results.json, results.md, latency.png")
+    bench_hqsam.add_argument("--repository", type=Path,
+                             help="an exported repository to reuse (default: export to OUT/repository)")
     bench_hqsam.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
     bench_hqsam.add_argument("--ort-optimization", choices=["disable", "basic", "extended", "all"], default="all",
                              help="ONNX Runtime graph optimisation level")
