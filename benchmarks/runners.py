@@ -17,7 +17,7 @@ import copy
 
 import numpy as np
 import torch
-from segment_anything_hq import SamPredictor
+from perceptserve.hqsam.official import SamPredictor
 
 from perceptserve.hqsam.geometry import resize_and_pad
 

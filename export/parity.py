@@ -12,8 +12,7 @@ from itertools import product
 
 import numpy as np
 import torch
-from segment_anything_hq import SamPredictor
-from segment_anything_hq.modeling import Sam
+from perceptserve.hqsam.official import Sam, SamPredictor
 
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -142,8 +143,20 @@ class TritonServer:
                 "run `perceptserve export` first"
             )
 
+    def _check_ports(self) -> None:
+        """A port already taken would let another server answer our readiness check."""
+        s = self.settings
+        for role, port in (("gRPC", s.grpc_port), ("HTTP", s.http_port), ("metrics", s.metrics_port)):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((s.host, port))
+                except OSError:
+                    raise ServerError(f"the {role} port {port} on {s.host} is already in use") from None
+
     def start(self) -> "TritonServer":
         self._check_repository()
+        self._check_ports()
         triton = BundledTriton.locate()
         env = dict(os.environ)
         # The python stub finds this environment's packages through PATH's first python.

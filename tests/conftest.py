@@ -82,8 +82,7 @@ def repo_root() -> Path:
 def official_batched(sam, image: np.ndarray, points=None, labels=None, boxes=None, multimask=False, hq_only=False):
     """The official predictor on N prompt sets at once (`predict_torch` with transformed prompts):
     masks [N, 1, H, W], scores [N, 1], low-res logits [N, 1, 256, 256] as numpy."""
-    from segment_anything_hq import SamPredictor
-    from segment_anything_hq.utils.transforms import ResizeLongestSide
+    from perceptserve.hqsam.official import ResizeLongestSide, SamPredictor
 
     predictor = SamPredictor(sam)
     predictor.set_image(image)

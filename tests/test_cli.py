@@ -126,3 +126,15 @@ def test_vit_b_export_passes_parity(tmp_path):
     assert "PASS" in result.stdout and "[5/5] parity check" in result.stderr
     size = (tmp_path / "hqsam_encoder" / "1" / "model.onnx").stat().st_size
     assert 300e6 < size < 400e6  # vit_b's ~90 M encoder parameters in fp32
+
+
+def test_serve_refuses_ports_in_use(small_vit):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        error = one_line_error(run_cli("serve", "--repository", str(small_vit.repository), "--grpc-port", str(port),
+                                       "--http-port", str(free_port()), "--metrics-port", str(free_port())))
+    assert f"the gRPC port {port} on 127.0.0.1 is already in use" in error

@@ -6,13 +6,12 @@ from itertools import product
 import numpy as np
 import pytest
 import torch
-from segment_anything_hq import SamPredictor
-from segment_anything_hq.utils.transforms import ResizeLongestSide
 
 from perceptserve.export import onnx_io
 from perceptserve.export.hqsam import HQSamExport, run
 from perceptserve.export.parity import mask_iou, reference_hq_features
 from perceptserve.hqsam.geometry import resize_and_pad
+from perceptserve.hqsam.official import ResizeLongestSide, SamPredictor
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 from perceptserve.settings import Settings
 

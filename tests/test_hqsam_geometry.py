@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from segment_anything_hq.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
 from perceptserve.hqsam.geometry import resize_and_pad, resized_shape, scale_coords, upscale_logits
+from perceptserve.hqsam.official import ResizeLongestSide
 
 SIZES = [(512, 512), (400, 600), (480, 640), (1200, 300), (33, 1000), (1024, 1024), (7, 5)]
 

@@ -6,6 +6,7 @@ import asyncio
 import io
 import struct
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from itertools import product
@@ -14,12 +15,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
-from segment_anything_hq import SamPredictor
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import AsyncHQSamClient, HQSamClient
 from perceptserve.export.parity import mask_iou
+from perceptserve.hqsam.official import SamPredictor
 from perceptserve.imaging import encode_png
 
 from .conftest import official_batched
@@ -45,9 +46,19 @@ def client(server):
 
 
 def stats(server, model):
-    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
-        s = raw.get_inference_statistics(model).model_stats[0]
-    return s.inference_count, s.execution_count, s.inference_stats.cache_hit.count
+    """(inference count, execution count, cache hits). Triton records a request's statistics just
+    after answering it, so read until two reads 50 ms apart agree."""
+
+    def read():
+        with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+            s = raw.get_inference_statistics(model).model_stats[0]
+        return s.inference_count, s.execution_count, s.inference_stats.cache_hit.count
+
+    previous, current = None, read()
+    while current != previous:
+        time.sleep(0.05)
+        previous, current = current, read()
+    return current
 
 
 @pytest.mark.parametrize("photo", ["astronaut", "coffee"])

@@ -19,7 +19,7 @@ import torch
 from perceptserve.errors import UserError
 
 if TYPE_CHECKING:
-    from segment_anything_hq.modeling import Sam
+    from .official import Sam
 
 # Parameters that HQ-SAM adds to SAM's mask decoder (see `MaskDecoderHQ.__init__`).
 HQ_PREFIXES = (

@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import torch
-from segment_anything_hq.modeling import Sam
-from segment_anything_hq.modeling.tiny_vit_sam import PatchMerging
 from torch import nn
+
+from .official import PatchMerging, Sam
 
 from .geometry import IMAGE_SIZE
 

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import warnings
-
 import torch
 
-with warnings.catch_warnings():  # timm's deprecation and registry notices on import
-    warnings.simplefilter("ignore")
-    from segment_anything_hq.build_sam import _build_sam, build_sam_vit_t
-    from segment_anything_hq.modeling import Sam
+from .official import Sam, _build_sam, build_sam_vit_t
 
 
 
