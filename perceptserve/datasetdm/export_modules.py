@@ -29,7 +29,7 @@ class Denoiser(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
 

@@ -30,9 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUPS = ("low", "mid", "high", "highest")  # DatasetDM's names, coarse to fine
+from perceptserve.errors import UserError
+from perceptserve.model_repository.datasetdm import GROUPS  # DatasetDM's names, coarse to fine
+
 PLACES = ("up", "mid", "down")  # DatasetDM's order of the attention maps within a group
 TASKS = ("semantic", "depth")
+
+
+class UnsupportedUNet(UserError, ValueError):
+    """A UNet that is not Stable Diffusion 1.x's (DatasetDM's decoders are built for that one)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class FeatureLayout:
         layers = config["layers_per_block"]
         transformers = config.get("transformer_layers_per_block", 1)
         if not isinstance(layers, int) or not isinstance(transformers, int):
-            raise ValueError("per-block layers_per_block / transformer_layers_per_block are not SD 1.x; unsupported")
+            raise UnsupportedUNet("per-block layers_per_block / transformer_layers_per_block: not an SD 1.x UNet")
         heads = config.get("num_attention_heads") or config["attention_head_dim"]
         heads = [heads] * levels if isinstance(heads, int) else list(heads)
         parts = [Part("conv_in", 0, widths[0])]
@@ -143,7 +149,7 @@ class FeatureLayout:
 class AttentionMapProcessor:
     """A diffusers attention processor that, when the call passes `attention_maps` (a list) in
     `cross_attention_kwargs`, computes cross-attention explicitly and appends its probabilities
-    (batch * heads, queries, tokens) to that list. Every other call, and self-attention, goes to
+    (batch, heads, queries, tokens) to that list. Every other call, and self-attention, goes to
     the default scaled-dot-product processor, so a plain UNet call is unchanged."""
 
     def __init__(self) -> None:
@@ -162,19 +168,20 @@ class AttentionMapProcessor:
     ) -> torch.Tensor:
         if attention_maps is None or encoder_hidden_states is None:
             return self.default(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3 or attention_mask is not None:
+        plain = attn.spatial_norm is None and attn.group_norm is None and attention_mask is None
+        if not plain or hidden_states.ndim != 3:
             raise NotImplementedError("attention-map capture supports SD 1.x cross-attention only")
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        # Explicit (not baddbmm over an empty tensor as diffusers does): exports cleanly.
-        scores = torch.bmm(query, key.transpose(1, 2)) * attn.scale
-        probs = scores.float().softmax(dim=-1).to(query.dtype)
+
+        def heads(x: torch.Tensor) -> torch.Tensor:  # (N, L, heads * d) -> (N, heads, L, d)
+            return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+
+        query = heads(attn.to_q(hidden_states))
+        key, value = heads(attn.to_k(encoder_hidden_states)), heads(attn.to_v(encoder_hidden_states))
+        probs = ((query @ key.transpose(-1, -2)) * attn.scale).float().softmax(dim=-1).to(query.dtype)
         attention_maps.append(probs)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
+        out = attn.to_out[1](attn.to_out[0]((probs @ value).transpose(1, 2).flatten(2)))
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
@@ -187,17 +194,30 @@ def install_processors(unet) -> None:
 
 @dataclass
 class Captured:
-    """One pass's outputs in DatasetDM's layout, per image (guidance halves stacked on channels)."""
+    """One pass's tensors: both noise predictions, every captured output over the doubled
+    batch [uncond; text], every cross-attention's probabilities for the text half."""
 
     noise_uncond: torch.Tensor
     noise_text: torch.Tensor
-    features: list[torch.Tensor]  # per layout.parts: (B, 2C, H, W)
-    maps: list[torch.Tensor]  # per layout.attention: (B, heads * tokens, H, W)
+    outputs: list[torch.Tensor]  # per layout.parts: (2B, C, H, W)
+    probabilities: list[torch.Tensor]  # per layout.attention: (B, heads, H * W, tokens)
+
+    def feature(self, index: int) -> torch.Tensor:
+        """DatasetDM's per-image feature: the uncond and text halves on channels, (B, 2C, H, W)."""
+        output = self.outputs[index]
+        batch = output.shape[0] // 2
+        return torch.cat([output[:batch], output[batch:]], dim=1)
+
+    def map(self, index: int, size: torch.Size) -> torch.Tensor:
+        """DatasetDM's attention maps of one layer, `b (head token) h w`."""
+        probs = self.probabilities[index]
+        return probs.transpose(-1, -2).reshape(probs.shape[0], -1, *size)
 
     def group(self, layout: FeatureLayout, group: str) -> torch.Tensor:
         """DatasetDM's `features_dict[group]` at the group's own size (before its resize)."""
-        tensors = [self.features[i] for i in layout.parts_of(group)] + [self.maps[i] for i in layout.attention_of(group)]
-        return torch.cat(tensors, dim=1)
+        features = [self.feature(i) for i in layout.parts_of(group)]
+        maps = [self.map(i, features[0].shape[-2:]) for i in layout.attention_of(group)]
+        return torch.cat(features + maps, dim=1)
 
 
 def _check_supported(unet) -> None:
@@ -210,15 +230,19 @@ def _check_supported(unet) -> None:
     }
     found = {k: v for k, v in unsupported.items() if v is not None}
     if found or config.center_input_sample:
-        raise ValueError(f"not a Stable Diffusion 1.x UNet (unsupported config: {found or 'center_input_sample'})")
+        raise UnsupportedUNet(f"not a Stable Diffusion 1.x UNet (unsupported config: {found or 'center_input_sample'})")
 
 
 class FeatureExtractor(nn.Module):
     """(latents, timestep, caption and empty-prompt embeddings) -> both noise predictions and,
     per exported task, the four projected feature groups at their native sizes.
 
+    Installs `AttentionMapProcessor` on every attention of `unet` (plain calls are unchanged).
     `projections[task]` holds the task decoder's four 1x1 weights (`low`..`highest`), each
-    (width, layout.channels(group), 1, 1); they are split here per captured tensor.
+    (width, layout.channels(group), 1, 1). They are regrouped per captured tensor: for a block
+    output, one convolution over the doubled batch with every task's uncond and text weights
+    stacked; for an attention layer, one contraction of its probabilities over heads and tokens.
+    Few, simple ops, which keeps the exported graph small.
     """
 
     def __init__(self, unet, layout: FeatureLayout, projections: Mapping[str, Sequence[torch.Tensor]]) -> None:
@@ -228,7 +252,9 @@ class FeatureExtractor(nn.Module):
         self.unet = unet
         self.layout = layout
         self.tasks = [task for task in TASKS if task in projections]
-        self.weights = nn.ParameterDict()
+        self.widths = [projections[task][0].shape[0] for task in self.tasks]
+        split: dict[int, list] = {}  # part -> [(uncond, text) weights per task]
+        maps: dict[int, list] = {}  # attention layer -> weights per task
         for task in self.tasks:
             for group, weight in zip(GROUPS, projections[task]):
                 if weight.shape[1] != layout.channels(group):
@@ -236,19 +262,23 @@ class FeatureExtractor(nn.Module):
                         f"{task} decoder's {group} projection takes {weight.shape[1]} channels, "
                         f"the UNet gives {layout.channels(group)}"
                     )
-                offset = 0
-                for i in layout.parts_of(group):
-                    width = 2 * layout.parts[i].channels
-                    self.weights[f"{task}_part{i}"] = nn.Parameter(weight[:, offset : offset + width], requires_grad=False)
-                    offset += width
-                for i in layout.attention_of(group):
-                    width = layout.attention[i].heads * layout.tokens
-                    self.weights[f"{task}_map{i}"] = nn.Parameter(weight[:, offset : offset + width], requires_grad=False)
-                    offset += width
-
-    @property
-    def output_names(self) -> list[str]:
-        return ["noise_pred_uncond", "noise_pred_text"] + [f"{t}_{g}" for t in self.tasks for g in GROUPS]
+                weight, offset = weight.detach()[:, :, 0, 0], 0
+                for i in layout.parts_of(group):  # DatasetDM's channels: uncond half, then text half
+                    channels = layout.parts[i].channels
+                    uncond, text = weight[:, offset : offset + 2 * channels].split(channels, dim=1)
+                    split.setdefault(i, []).append((uncond, text))
+                    offset += 2 * channels
+                for i in layout.attention_of(group):  # (head, token) channels
+                    heads = layout.attention[i].heads
+                    part = weight[:, offset : offset + heads * layout.tokens]
+                    maps.setdefault(i, []).append(part.unflatten(1, (heads, layout.tokens)))
+                    offset += heads * layout.tokens
+        # Rows: every task's uncond weights, then every task's text weights.
+        stacked = [torch.cat([u for u, _ in split[i]] + [t for _, t in split[i]]) for i in range(len(layout.parts))]
+        self.part_weights = nn.ParameterList(nn.Parameter(w[:, :, None, None], requires_grad=False) for w in stacked)
+        self.map_weights = nn.ParameterList(
+            nn.Parameter(torch.cat(maps[i]), requires_grad=False) for i in range(len(layout.attention))
+        )
 
     def capture(
         self,
@@ -257,7 +287,7 @@ class FeatureExtractor(nn.Module):
         text_embeddings: torch.Tensor,
         uncond_embeddings: torch.Tensor,
     ) -> Captured:
-        """One UNet pass over [empty prompt; caption], DatasetDM's tensors per image."""
+        """One UNet pass over [empty prompt; caption] and what DatasetDM takes from it."""
         unet, batch = self.unet, latents.shape[0]
         sample = torch.cat([latents, latents])
         context = torch.cat([uncond_embeddings, text_embeddings])
@@ -269,9 +299,9 @@ class FeatureExtractor(nn.Module):
         outputs, skips = [hidden], [hidden]
         for block in unet.down_blocks:
             if getattr(block, "has_cross_attention", False):
-                hidden, residuals = block(hidden_states=hidden, temb=emb, encoder_hidden_states=context, cross_attention_kwargs=kwargs)
+                hidden, residuals = block(hidden, emb, encoder_hidden_states=context, cross_attention_kwargs=kwargs)
             else:
-                hidden, residuals = block(hidden_states=hidden, temb=emb)
+                hidden, residuals = block(hidden, emb)
             outputs += residuals
             skips += residuals
         hidden = unet.mid_block(hidden, emb, encoder_hidden_states=context, cross_attention_kwargs=kwargs)
@@ -284,33 +314,30 @@ class FeatureExtractor(nn.Module):
 
         if len(outputs) != len(self.layout.parts) or len(maps) != len(self.layout.attention):
             raise RuntimeError("the UNet's blocks do not match the layout computed from its config")
-        features = [torch.cat([h[:batch], h[batch:]], dim=1) for h in outputs]
-        height, width = latents.shape[-2:]
-        per_image = []
-        for probs, layer in zip(maps, self.layout.attention):
-            h, w = height >> layer.level, width >> layer.level
-            cond = probs[batch * layer.heads :].reshape(batch, layer.heads, h, w, -1)
-            per_image.append(cond.permute(0, 1, 4, 2, 3).reshape(batch, -1, h, w))
-        return Captured(noise[:batch], noise[batch:], features, per_image)
+        return Captured(noise[:batch], noise[batch:], outputs, [probs[batch:] for probs in maps])
 
-    def project(self, captured: Captured, task: str) -> list[torch.Tensor]:
-        """The task decoder's 1x1 projections, summed over the group's tensors."""
-        projected = []
+    def project(self, captured: Captured) -> dict[str, list[torch.Tensor]]:
+        """Every task decoder's four 1x1 projections (DatasetDM's `*_feature_conv`), per group."""
+        total_width = sum(self.widths)
+        projected = {task: [] for task in self.tasks}
         for group in GROUPS:
-            terms = [F.conv2d(captured.features[i], self.weights[f"{task}_part{i}"]) for i in self.layout.parts_of(group)]
-            terms += [F.conv2d(captured.maps[i], self.weights[f"{task}_map{i}"]) for i in self.layout.attention_of(group)]
-            total = terms[0]
-            for term in terms[1:]:
-                total = total + term
-            projected.append(total)
+            total = None
+            for i in self.layout.parts_of(group):
+                term = F.conv2d(captured.outputs[i], self.part_weights[i])
+                total = term if total is None else total + term
+            batch = total.shape[0] // 2
+            group_sum = total[:batch, :total_width] + total[batch:, total_width:]
+            for i in self.layout.attention_of(group):
+                term = torch.einsum("bnpt,ont->bop", captured.probabilities[i], self.map_weights[i])
+                group_sum = group_sum + term.reshape(group_sum.shape)
+            for task, part in zip(self.tasks, group_sum.split(self.widths, dim=1)):
+                projected[task].append(part)
         return projected
 
     def forward(self, latents, timestep, text_embeddings, uncond_embeddings) -> tuple[torch.Tensor, ...]:
         captured = self.capture(latents, timestep, text_embeddings, uncond_embeddings)
-        outputs = [captured.noise_uncond, captured.noise_text]
-        for task in self.tasks:
-            outputs += self.project(captured, task)
-        return tuple(outputs)
+        projected = self.project(captured)
+        return (captured.noise_uncond, captured.noise_text, *(t for task in self.tasks for t in projected[task]))
 
 
 def _up_block(block, hidden, residuals, emb, context, kwargs, outputs: list) -> torch.Tensor:
@@ -322,7 +349,9 @@ def _up_block(block, hidden, residuals, emb, context, kwargs, outputs: list) -> 
         residuals = residuals[:-1]
         hidden = resnet(hidden, emb)
         if attention is not None:
-            hidden = attention(hidden, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False)[0]
+            hidden = attention(
+                hidden, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False
+            )[0]
         outputs.append(hidden)
     if block.upsamplers is not None:
         for upsampler in block.upsamplers:

@@ -9,7 +9,7 @@ an explicit mask, spectral norm can be folded into the weights, positions come f
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,28 @@ class SNConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight if self.folded else self.weight / self.sigma()
         return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+
+@torch.no_grad()
+def calibrate_batch_norms_(module: nn.Module, run: Callable[[], object]) -> None:
+    """Set every `SegBlock`'s frozen statistics to the batch statistics of one forward (`run`),
+    as training would have. Only for random-init decoders: with mean 0 / variance 1 their masks
+    have one sign over the whole image, which makes outputs (and parity checks) trivial."""
+
+    def calibrate(block: "SegBlock", args: tuple) -> None:
+        x = args[0]
+        block.stored_mean1.copy_(x.mean((0, 2, 3)))
+        block.stored_var1.copy_(x.var((0, 2, 3)))
+        h = block.conv1(F.relu(F.batch_norm(x, block.stored_mean1, block.stored_var1, eps=BN_EPS)))
+        block.stored_mean2.copy_(h.mean((0, 2, 3)))
+        block.stored_var2.copy_(h.var((0, 2, 3)))
+
+    handles = [m.register_forward_pre_hook(calibrate) for m in module.modules() if isinstance(m, SegBlock)]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def fold_spectral_norm(module: nn.Module) -> nn.Module:
@@ -165,8 +187,8 @@ def sine_positions(height, width, num_pos_feats: int, like: torch.Tensor) -> tor
     scale, eps = 2 * math.pi, 1e-6
     y = torch.arange(1, height + 1, dtype=torch.float32, device=like.device)
     x = torch.arange(1, width + 1, dtype=torch.float32, device=like.device)
-    y = y / (y[-1:] + eps) * scale
-    x = x / (x[-1:] + eps) * scale
+    y = y / (y[-1] + eps) * scale
+    x = x / (x[-1] + eps) * scale
     dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=like.device)
     dim_t = 10000 ** (2 * torch.div(dim_t, 2, rounding_mode="trunc") / num_pos_feats)
 

@@ -108,7 +108,8 @@ class SemanticDecoder(FeaturePyramid):
             resize(mid, scaled_size(highest, 5, 8)),  # 40
             resize(high, scaled_size(highest, 5, 4)),  # 80
         ]
-        batch, classes, queries, width = mask_features.shape[0], class_embeddings.shape[0], self.config.num_queries, self.config.width
+        batch, classes = mask_features.shape[0], class_embeddings.shape[0]
+        queries, width = self.config.num_queries, self.config.width
         sources, positions, sizes = [], [], []
         for index, level in enumerate(levels):
             sizes.append(level.shape[-2:])
@@ -128,7 +129,8 @@ class SemanticDecoder(FeaturePyramid):
         for index in range(self.config.num_layers):
             level = index % LEVELS
             attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)  # a query blocked everywhere sees all
-            tgt = self.transformer_cross_attention_layers[index](tgt, sources[level], attn_mask, positions[level], query_pos)
+            cross_attention = self.transformer_cross_attention_layers[index]
+            tgt = cross_attention(tgt, sources[level], attn_mask, positions[level], query_pos)
             per_class = (batch * classes, queries, width)
             tgt = self.transformer_self_attention_layers[index](tgt.reshape(per_class), query_pos.reshape(per_class))
             tgt = self.transformer_ffn_layers[index](tgt.reshape(batch, classes * queries, width))

@@ -64,9 +64,10 @@ def load(folder: str | Path) -> Diffusion:
             f"{folder} is not a Stable Diffusion folder in the diffusers format (missing {', '.join(missing)}/)"
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # low_cpu_mem_usage=False: the default needs `accelerate`, and without it warns on every load.
     parts = Diffusion(
-        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
-        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", low_cpu_mem_usage=False),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", low_cpu_mem_usage=False),
         text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
     )

@@ -19,8 +19,8 @@ from .semantic_decoder import SemanticConfig
 
 SOURCE = "source"  # the pipeline's folder under the --tiny-random output folder
 
-# Words the tiny tokenizer knows whole (others fall back to single characters): the demo's
-# prompts and DatasetDM's VOC class names.
+# Words the tiny tokenizer has merges for (the demo's prompts, DatasetDM's VOC class names);
+# most become one token, anything else is spelled in smaller pieces, down to single bytes.
 WORDS = (
     "a photo of the an in on at and with background aeroplane bicycle bird boat bottle bus car cat chair "
     "cow diningtable dog horse motorbike person pottedplant sheep sofa train tvmonitor street road table "
@@ -40,14 +40,18 @@ SCHEDULER = dict(
 
 TEXT_WIDTH = 32
 
-# P-Decoders narrow enough for the tiny UNet, with DatasetDM's depth of 10 decoder layers.
-SEMANTIC = SemanticConfig(width=16, num_queries=8, num_heads=4, dim_feedforward=32, context_dim=TEXT_WIDTH)
+# P-Decoders narrow enough for the tiny UNet; 3 decoder layers (DatasetDM: 10) visit all three
+# feature levels, and the last attention mask wraps round to the first.
+SEMANTIC = SemanticConfig(
+    width=16, num_queries=8, num_layers=3, num_heads=4, dim_feedforward=32, context_dim=TEXT_WIDTH
+)
 DEPTH = DepthConfig(width=8)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map, which CLIP's byte-level BPE uses."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    ranges = (("!", "~"), ("¡", "¬"), ("®", "ÿ"))
+    printable = [code for first, last in ranges for code in range(ord(first), ord(last) + 1)]
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -59,7 +63,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def tokenizer_files(folder: Path) -> None:
-    """Write `vocab.json` and `merges.txt` of a byte-level BPE that spells WORDS as single tokens."""
+    """Write `vocab.json` and `merges.txt` of a byte-level BPE with left-to-right merges for WORDS."""
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols]
     merges: list[str] = []
@@ -92,7 +96,7 @@ def build(folder: Path, seed: int = 0) -> Path:
     unet = UNet2DConditionModel(
         sample_size=32,
         block_out_channels=(32, 32, 64, 64),
-        layers_per_block=2,
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_WIDTH,

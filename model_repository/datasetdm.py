@@ -1,0 +1,130 @@
+"""The DatasetDM models of the repository: the frozen Stable Diffusion parts and the P-Decoders,
+each an ONNX model. Their tensors below are the contract the serving models build on:
+
+    annotate (a real image):  image -> datasetdm_vae_encoder -> latents (+ noise at the
+        annotation timestep) -> datasetdm_features (with the caption's and the empty prompt's
+        datasetdm_text_encoder outputs) -> {task}_{low,mid,high,highest}
+        -> datasetdm_semantic_decoder (+ the class names' text embeddings) -> class_map, class_scores
+        -> datasetdm_depth_decoder -> depth
+    generate (from text):     datasetdm_unet in the denoising loop, on the [empty prompt; prompt]
+        doubled batch (guidance combined by the caller); the last step through datasetdm_features,
+        which returns both noise predictions too; latents -> datasetdm_vae_decoder -> image
+
+Batch dimensions are explicit (-1) and the models do not batch across requests (yet): Triton's
+batcher needs one shared first dimension, which the semantic decoder's class names (K) and the
+UNet's doubled batch do not have. Spatial dimensions are free: images are any multiple of 64
+pixels (latents of 8) on each side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from perceptserve.settings import Settings
+
+from .definitions import ModelDefinition, Runtime, Tensor
+
+TEXT_ENCODER = "datasetdm_text_encoder"
+UNET = "datasetdm_unet"
+VAE_ENCODER = "datasetdm_vae_encoder"
+VAE_DECODER = "datasetdm_vae_decoder"
+FEATURES = "datasetdm_features"
+DECODERS = {"semantic": "datasetdm_semantic_decoder", "depth": "datasetdm_depth_decoder"}
+
+GROUPS = ("low", "mid", "high", "highest")  # the feature groups, coarse (latent / 8) to fine (latent)
+IMAGE = (-1, 3, -1, -1)
+
+
+@dataclass(frozen=True)
+class ExportedShapes:
+    """What the exported models' tensor dims depend on."""
+
+    tokens: int  # the text encoder's sequence length (77)
+    text_width: int  # its hidden size (768 for SD 1.x)
+    latent_channels: int  # 4
+    widths: dict[str, int]  # per task: the width of its projected feature groups
+
+
+def text_encoder_io(shapes: ExportedShapes) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    return (
+        (Tensor("input_ids", "INT64", (-1, shapes.tokens)),),
+        (Tensor("text_embeddings", "FP32", (-1, shapes.tokens, shapes.text_width)),),
+    )
+
+
+def unet_io(shapes: ExportedShapes):
+    latents = (-1, shapes.latent_channels, -1, -1)
+    return (
+        (
+            Tensor("sample", "FP32", latents),
+            Tensor("timestep", "INT64", (-1,)),
+            Tensor("encoder_hidden_states", "FP32", (-1, shapes.tokens, shapes.text_width)),
+        ),
+        (Tensor("noise_pred", "FP32", latents),),
+    )
+
+
+def vae_encoder_io(shapes: ExportedShapes):
+    latents = (-1, shapes.latent_channels, -1, -1)
+    outputs = (Tensor("latents", "FP32", latents), Tensor("latents_std", "FP32", latents))
+    return (Tensor("image", "FP32", IMAGE),), outputs
+
+
+def vae_decoder_io(shapes: ExportedShapes):
+    return (Tensor("latents", "FP32", (-1, shapes.latent_channels, -1, -1)),), (Tensor("image", "FP32", IMAGE),)
+
+
+def features_io(shapes: ExportedShapes):
+    latents = (-1, shapes.latent_channels, -1, -1)
+    text = (-1, shapes.tokens, shapes.text_width)
+    inputs = (
+        Tensor("latents", "FP32", latents),
+        Tensor("timestep", "INT64", (-1,)),
+        Tensor("text_embeddings", "FP32", text),
+        Tensor("uncond_embeddings", "FP32", text),
+    )
+    outputs = [Tensor("noise_pred_uncond", "FP32", latents), Tensor("noise_pred_text", "FP32", latents)]
+    for task, width in shapes.widths.items():
+        outputs += [Tensor(f"{task}_{group}", "FP32", (-1, width, -1, -1)) for group in GROUPS]
+    return inputs, tuple(outputs)
+
+
+def decoder_io(task: str, shapes: ExportedShapes):
+    inputs = tuple(Tensor(group, "FP32", (-1, shapes.widths[task], -1, -1)) for group in GROUPS)
+    if task == "semantic":
+        inputs += (Tensor("class_embeddings", "FP32", (-1, shapes.tokens, shapes.text_width)),)
+        outputs = (Tensor("class_map", "INT32", (-1, -1, -1)), Tensor("class_scores", "FP32", (-1, -1)))
+    else:
+        outputs = (Tensor("depth", "FP32", (-1, 1, -1, -1)),)
+    return inputs, outputs
+
+
+def io(model: str, shapes: ExportedShapes):
+    """(inputs, outputs) of a model by name; the ONNX export uses the same names."""
+    tables = {
+        TEXT_ENCODER: text_encoder_io,
+        UNET: unet_io,
+        VAE_ENCODER: vae_encoder_io,
+        VAE_DECODER: vae_decoder_io,
+        FEATURES: features_io,
+    }
+    if model in tables:
+        return tables[model](shapes)
+    task = next(task for task, name in DECODERS.items() if name == model)
+    return decoder_io(task, shapes)
+
+
+def model_names(tasks) -> list[str]:
+    return [TEXT_ENCODER, UNET, VAE_ENCODER, VAE_DECODER, FEATURES] + [DECODERS[task] for task in tasks]
+
+
+def definitions(settings: Settings, shapes: ExportedShapes) -> list[ModelDefinition]:
+    serving = settings.datasetdm
+    result = []
+    for name in model_names(shapes.widths):
+        inputs, outputs = io(name, shapes)
+        instances = serving.decoder_instances if name in DECODERS.values() else serving.diffusion_instances
+        result.append(
+            ModelDefinition(name=name, runtime=Runtime.ONNX, inputs=inputs, outputs=outputs, instances=instances)
+        )
+    return result

@@ -1,0 +1,121 @@
+"""Checking the untrusted parts of a DatasetDM request: prompts, class names, steps, guidance,
+seeds and sizes. Runs inside Triton's python backend (and in the clients, to fail before a
+round trip); every refusal is a `RequestError` whose message says what to change.
+
+Prompts are never truncated silently: CLIP reads 77 tokens (start, 75 text tokens, end), and a
+longer prompt is refused with its token count, where diffusers would cut it and warn in a log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+class RequestError(ValueError):
+    """A request the models cannot serve as given; INVALID_ARGUMENT on the wire."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int
+    min_guidance: float
+    max_guidance: float
+    max_classes: int
+    max_generations: int
+    max_side: int
+    vocabulary: tuple[str, ...] = ()  # empty: any class name
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str]) -> "Limits":
+        """The limits as `model_repository.datasetdm_serving` writes them into a config."""
+        vocabulary = tuple(name for name in parameters.get("class_vocabulary", "").split(",") if name)
+        return cls(
+            max_steps=int(parameters["max_steps"]),
+            min_guidance=float(parameters["min_guidance"]),
+            max_guidance=float(parameters["max_guidance"]),
+            max_classes=int(parameters["max_classes"]),
+            max_generations=int(parameters["max_generations"]),
+            max_side=int(parameters["max_side"]),
+            vocabulary=vocabulary,
+        )
+
+
+def text(value: object, what: str) -> str:
+    """One string from a Triton BYTES element (bytes) or a client's str."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(f"{what} is not UTF-8 text") from None
+    return str(value)
+
+
+def token_ids(tokenizer, prompt: str, what: str, allow_empty: bool = False) -> np.ndarray:
+    """The prompt's ids padded to the text encoder's length (int64, (length,)); refuses an
+    empty prompt (unless allowed) and one longer than the encoder reads."""
+    if not prompt.strip() and not allow_empty:
+        raise RequestError(f"{what} is empty: describe the image (and name the classes to look for)")
+    length = tokenizer.model_max_length
+    ids = tokenizer(prompt).input_ids
+    if len(ids) > length:
+        raise RequestError(
+            f"{what} is {len(ids) - 2} tokens long; the text encoder reads at most {length - 2} "
+            f"(plus start and end): shorten it (it is not truncated)"
+        )
+    return np.array(ids + [tokenizer.pad_token_id] * (length - len(ids)), dtype=np.int64)
+
+
+def class_names(values: Sequence[object], limits: Limits) -> list[str]:
+    names = [text(value, "a class name").strip() for value in values]
+    if not names:
+        raise RequestError("class_names is empty: name at least one class to annotate")
+    if len(names) > limits.max_classes:
+        raise RequestError(f"{len(names)} class names, over the limit of {limits.max_classes}")
+    if any(not name for name in names):
+        raise RequestError("a class name is empty")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise RequestError(f"class names repeated: {', '.join(duplicates)}")
+    unknown = [name for name in names if limits.vocabulary and name not in limits.vocabulary]
+    if unknown:
+        raise RequestError(
+            f"unknown class names {', '.join(unknown)}: this decoder knows {', '.join(limits.vocabulary)}"
+        )
+    return names
+
+
+def steps(value: int, limits: Limits) -> int:
+    if not 1 <= value <= limits.max_steps:
+        raise RequestError(f"steps {value} is out of range: give 1 to {limits.max_steps}")
+    return int(value)
+
+
+def guidance(value: float, limits: Limits) -> float:
+    if not limits.min_guidance <= value <= limits.max_guidance:  # also refuses NaN
+        raise RequestError(f"guidance {value} is out of range: give {limits.min_guidance:g} to {limits.max_guidance:g}")
+    return float(value)
+
+
+def seeds(values: np.ndarray, limits: Limits) -> list[int]:
+    values = np.asarray(values).reshape(-1)
+    if not 1 <= values.size <= limits.max_generations:
+        raise RequestError(f"{values.size} seeds: give 1 to {limits.max_generations} per request")
+    if (values < 0).any() or (values >= 2**63).any():
+        raise RequestError("seeds must be non-negative 64-bit integers")
+    return [int(seed) for seed in values]
+
+
+def image_side(value: int, what: str, limits: Limits) -> int:
+    if value < 64 or value > limits.max_side or value % 64:
+        raise RequestError(f"{what} {value} must be a multiple of 64 from 64 to {limits.max_side}")
+    return int(value)
+
+
+def processing_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """The size an annotated image is resized to: within `max_side`, aspect kept, each side a
+    multiple of 64 (the UNet's latents must halve three times)."""
+    scale = min(1.0, max_side / max(height, width))
+    return tuple(max(64, int(round(side * scale / 64)) * 64) for side in (height, width))  # type: ignore[return-value]
