@@ -8,7 +8,7 @@ MODEL_TYPE ?= vit_tiny
 CHECKPOINT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo demo-datasetdm test clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/perceptserve demo --model-type $(MODEL_TYPE) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+demo-datasetdm: install
+	$(BIN)/perceptserve demo-datasetdm
 
 test: install helm-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

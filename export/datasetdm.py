@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -28,6 +29,7 @@ from perceptserve.datasetdm.semantic_decoder import SemanticConfig, SemanticDeco
 from perceptserve.datasetdm.source import Diffusion, load
 from perceptserve.errors import UserError
 from perceptserve.model_repository import datasetdm as names
+from perceptserve.model_repository import datasetdm_serving as serving
 from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
 from perceptserve.model_repository.writer import version_dir, write_models
 from perceptserve.settings import Settings
@@ -226,9 +228,32 @@ def handoff(diffusion: Diffusion, decoders: dict) -> tuple[int, int]:
     return layout.raw_elements(side, side), sum(layout.projected_elements(side, side, w) for w in widths)
 
 
+def copy_serving_assets(source: Path, repository: Path) -> None:
+    """The tokenizer and the scheduler config, from the diffusers folder into the version folders
+    of the python models that tokenize and denoise (a served repository needs nothing else)."""
+    for model, assets in serving.ASSETS.items():
+        for asset in assets:
+            target = version_dir(repository, model) / asset
+            shutil.rmtree(target, ignore_errors=True)
+            if (source / asset).is_dir():
+                shutil.copytree(source / asset, target)
+            elif asset == serving.SCHEDULER:  # a folder without one: SD 1.x's own PNDM config
+                from diffusers import PNDMScheduler
+
+                PNDMScheduler(**tiny.SCHEDULER).save_pretrained(str(target))
+            else:
+                raise ExportError(f"{source} has no {asset}/ folder")
+
+
 def write_repository(job: DatasetDMExport, diffusion: Diffusion, shapes: names.ExportedShapes, settings: Settings) -> None:
-    """Configs of the exported models (serving models come with the serving issue)."""
-    write_models(job.repository, names.definitions(settings, shapes), settings)
+    """Configs of the exported models, then the serving models (annotate ensemble, generate),
+    which need the semantic decoder."""
+    default_side = diffusion.unet.config.sample_size * diffusion.vae_scale
+    definitions = names.definitions(settings, shapes)
+    if "semantic" in shapes.widths:  # both served uses return the semantic class map
+        copy_serving_assets(job.diffusion or job.tiny_source, job.repository)
+        definitions += serving.definitions(settings, shapes, default_side, diffusion.vae_scale)
+    write_models(job.repository, definitions, settings)
 
 
 def run(job: DatasetDMExport, settings: Settings) -> parity.ParityReport:
@@ -248,7 +273,7 @@ def run(job: DatasetDMExport, settings: Settings) -> parity.ParityReport:
         with steps.step("converting to fp16 (norms, softmax and erf kept in fp32)"):
             for path in paths.values():
                 onnx_io.to_fp16(path)
-    with steps.step("writing the model repository configs (cpu and gpu)"):
+    with steps.step("writing the model repository configs (cpu and gpu) and the serving models"):
         write_repository(job, diffusion, exported_shapes(diffusion, models.decoders), settings)
     with steps.step("parity check against diffusers, transformers and DatasetDM's decoder order"):
         report = parity.check(

@@ -78,6 +78,34 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return segment_command(args)
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from perceptserve.clients.annotate import annotate_command
+
+    return annotate_command(args)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from perceptserve.clients.generate import generate_command
+
+    return generate_command(args)
+
+
+def cmd_demo_datasetdm(args: argparse.Namespace) -> int:
+    from perceptserve.demo_datasetdm import run_demo
+
+    return run_demo(args)
+
+
+def cmd_bench_datasetdm(args: argparse.Namespace) -> int:
+    from perceptserve.benchmarks.datasetdm import DatasetDMBench, run
+
+    job = DatasetDMBench(out=args.out, repository=args.repository, images=args.images, steps=args.steps,
+                         side=args.side, batch=args.batch)
+    run(job, settings_module.from_env())
+    print(f"results written to {args.out}/results.json and results.md")
+    return 0
+
+
 def cmd_bench_hqsam(args: argparse.Namespace) -> int:
     from perceptserve.benchmarks.hqsam import BenchConfigError, BenchJob, default_modes, run
     from perceptserve.benchmarks.onnxruntime_tuning import OrtTuning
@@ -180,6 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
     segment.set_defaults(func=cmd_segment)
 
+    annotate = commands.add_parser("annotate", help="annotate a real photo with DatasetDM over gRPC")
+    annotate.add_argument("image", type=Path)
+    annotate.add_argument("--prompt", required=True, help="the photo's caption, naming the classes")
+    annotate.add_argument("--classes", required=True, metavar="a,b,c", help="class names to look for")
+    annotate.add_argument("--seed", type=int, default=0, help="the annotation noise's seed")
+    annotate.add_argument("--out", type=Path, required=True, help="folder for the mask, preview and depth PNGs")
+    annotate.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    annotate.set_defaults(func=cmd_annotate)
+
+    generate = commands.add_parser("generate", help="generate an annotated DatasetDM dataset over gRPC")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--negative-prompt", default="")
+    generate.add_argument("--classes", required=True, metavar="a,b,c", help="class names to annotate")
+    generate.add_argument("--count", type=int, required=True, help="images to generate (seeds SEED .. SEED+COUNT-1)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--steps", type=int, default=50)
+    generate.add_argument("--guidance", type=float, default=7.5)
+    generate.add_argument("--height", type=int, help="default: the model's (512 for SD 1.x)")
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--batch", type=int, default=4, help="seeds per request, denoised in one loop")
+    generate.add_argument("--out", type=Path, required=True, help="dataset folder (resumed if it exists)")
+    generate.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    generate.set_defaults(func=cmd_generate)
+
     bench = commands.add_parser("bench", help="benchmark eager vs ONNX Runtime vs served, side by side")
     bench_families = bench.add_subparsers(dest="family", required=True)
     bench_hqsam = bench_families.add_parser("hqsam", help="HQ-SAM: encoder, prompt and full-request latency")
@@ -202,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_hqsam.add_argument("--perf-analyzer-data", type=Path, metavar="FILE",
                              help="also write perf_analyzer's input data for the hqsam ensemble (see benchmarks/README.md)")
     bench_hqsam.set_defaults(func=cmd_bench_hqsam)
+    bench_datasetdm = bench_families.add_parser(
+        "datasetdm", help="DatasetDM: seconds per annotated image, served vs eager diffusers + P-Decoder")
+    bench_datasetdm.add_argument("--repository", type=Path,
+                                 help="an exported tiny-random repository to reuse (default: export to OUT/repository)")
+    bench_datasetdm.add_argument("--images", type=int, default=4, help="timed images per mode and use")
+    bench_datasetdm.add_argument("--steps", type=int, default=20, help="denoising steps per generated image")
+    bench_datasetdm.add_argument("--side", type=int, default=128, help="image side (a multiple of 64)")
+    bench_datasetdm.add_argument("--batch", type=int, default=2, help="seeds per generate request")
+    bench_datasetdm.add_argument("--out", type=Path, default=Path("bench-output/datasetdm"))
+    bench_datasetdm.set_defaults(func=cmd_bench_datasetdm)
 
     demo = commands.add_parser("demo", help="export, serve and segment a sample photo end to end")
     demo.add_argument("--model-type", default="vit_tiny", choices=HQSAM_MODEL_TYPES)
@@ -209,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repository", type=Path, default=Path("repository"))
     demo.add_argument("--out", type=Path, default=Path("demo-output"))
     demo.set_defaults(func=cmd_demo)
+
+    demo_datasetdm = commands.add_parser(
+        "demo-datasetdm", help="tiny DatasetDM: export, serve, generate a few annotated images, annotate a photo")
+    demo_datasetdm.add_argument("--repository", type=Path, default=Path("repository-datasetdm"))
+    demo_datasetdm.add_argument("--out", type=Path, default=Path("demo-output/datasetdm"))
+    demo_datasetdm.set_defaults(func=cmd_demo_datasetdm)
     return parser
 
 

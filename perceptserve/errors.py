@@ -7,3 +7,8 @@ that catching them imports neither torch nor the model code.
 
 class UserError(Exception):
     """A problem with the user's input or environment; its message is one line."""
+
+
+class InvalidRequest(UserError, ValueError):
+    """A request the models cannot serve as given (bad image bytes, prompts, classes, ranges);
+    served models answer it with INVALID_ARGUMENT and go on with the others."""

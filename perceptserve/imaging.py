@@ -13,12 +13,14 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from perceptserve.errors import InvalidRequest
+
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 # Modes that convert to RGB without losing meaning (16-bit and float images would be clipped).
 CONVERTIBLE_MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1")
 
 
-class ImageError(ValueError):
+class ImageError(InvalidRequest):
     """Bytes that are not an acceptable image; the message names the problem."""
 
 

@@ -63,6 +63,24 @@ class DatasetDMServing:
 
     diffusion_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
     decoder_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
+    python_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=2)  # annotate pre/post-processing
+    # One generate instance runs one denoising loop at a time (its BLS calls keep the UNet busy);
+    # more instances overlap loops where the UNet has instances to spare.
+    generate_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
+    # DatasetDM reads the features at the last of 50 PNDM steps, t = 1; annotation noises a real
+    # image's latents to the same step.
+    annotation_timestep: int = 1
+    # Untrusted-input limits, enforced by the python models.
+    max_image_pixels: int = 40_000_000
+    annotate_max_side: int = 512  # annotated images are resized to fit, sides multiples of 64
+    max_generate_side: int = 1024
+    max_steps: int = 200
+    min_guidance: float = 1.0  # classifier-free guidance always runs the doubled batch
+    max_guidance: float = 30.0
+    max_classes: int = 32
+    max_generations: int = 8  # images (seeds) per generate request, denoised in one loop
+    # Class names the decoder was trained for; empty: any name (an open-vocabulary decoder).
+    class_vocabulary: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,8 @@ ENV_OVERRIDES = {
     "PERCEPTSERVE_ORT_THREADS": ("hqsam", "onnxruntime_threads", int),
     "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
     "PERCEPTSERVE_API_KEY": ("server", "api_key", str),
+    "PERCEPTSERVE_DATASETDM_CLASSES": ("datasetdm", "class_vocabulary", lambda text: tuple(
+        name.strip() for name in text.split(",") if name.strip())),
 }
 
 

@@ -161,7 +161,11 @@ class TritonServer:
         env = dict(os.environ)
         # The python stub finds this environment's packages through PATH's first python.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env["LD_LIBRARY_PATH"] = f"{triton.libraries}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
+        # The stub links libpython3.x by name; this interpreter's own comes first, so that its
+        # extension modules (_ssl, which torch, transformers and diffusers import) find the
+        # symbols they were built against rather than another build's (a system libpython).
+        libraries = [str(triton.libraries), str(Path(sys.base_prefix) / "lib"), env.get("LD_LIBRARY_PATH", "")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
         log = open(self.log_file, "wb")
         self.process = subprocess.Popen(
             self.command(triton), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

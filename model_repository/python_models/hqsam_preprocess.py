@@ -12,6 +12,7 @@ import triton_python_backend_utils as pb_utils
 from perceptserve.hqsam.geometry import resize_and_pad
 from perceptserve.hqsam.prompts import PromptError, PromptLimits, build_decoder_prompts
 from perceptserve.imaging import ImageError, decode_image
+from perceptserve.model_repository.python_models.responses import respond_each
 
 PROMPT_INPUTS = ("point_coords", "point_labels", "boxes", "mask_input")
 
@@ -60,11 +61,4 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._process(request))
-            except (ImageError, PromptError) as exc:
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
-        return responses
+        return respond_each(requests, self._process)

@@ -13,8 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+from perceptserve.errors import InvalidRequest
 
-class RequestError(ValueError):
+
+class RequestError(InvalidRequest):
     """A request the models cannot serve as given; INVALID_ARGUMENT on the wire."""
 
 

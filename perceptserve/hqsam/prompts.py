@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from perceptserve.errors import InvalidRequest
+
 from .geometry import LOW_RES_MASK_SIZE, scale_coords
 
 VALID_LABELS = (-1, 0, 1, 2, 3)
 
 
-class PromptError(ValueError):
+class PromptError(InvalidRequest):
     """Prompts that cannot be decoded; the message names the problem."""
 
 

@@ -1,0 +1,203 @@
+"""DatasetDM's two served uses, over the exported models of `datasetdm.py`:
+
+    datasetdm_annotate (ensemble): a real image + its caption + class names
+      -> datasetdm_annotate_preprocess  decode (header-checked limits), resize to multiples of 64,
+                                        validate and tokenize the caption, the empty prompt and
+                                        the class names
+      -> datasetdm_text_encoder (x3)    caption, empty prompt, class names
+      -> datasetdm_vae_encoder          latent mean and std
+      -> datasetdm_annotate_noise       `latent_dist.sample()` + noise at the annotation timestep
+      -> datasetdm_features             the projected feature groups
+      -> datasetdm_{semantic,depth}_decoder
+      -> datasetdm_annotate_postprocess class map (and depth) back at the image's own size
+
+    datasetdm_generate (python, BLS): prompt, negative prompt, seeds, steps, guidance, class
+      names -> text encoder -> PNDM loop (UNet through Triton, the last step through the feature
+      extractor) -> VAE decoder -> image, and the annotation from the last step's features.
+      One request carries several seeds, denoised together in one loop.
+
+The ensemble's and the generate model's tensors below are the public API (docs/datasetdm-serving.md).
+"""
+
+from __future__ import annotations
+
+from perceptserve.settings import Settings
+
+from . import datasetdm as exported
+from .definitions import EnsembleStep, ModelDefinition, Runtime, Tensor
+
+ANNOTATE = "datasetdm_annotate"
+ANNOTATE_PREPROCESS = "datasetdm_annotate_preprocess"
+ANNOTATE_NOISE = "datasetdm_annotate_noise"
+ANNOTATE_POSTPROCESS = "datasetdm_annotate_postprocess"
+GENERATE = "datasetdm_generate"
+
+# Files copied from the diffusers folder into the python models' version folders at export.
+TOKENIZER = "tokenizer"
+SCHEDULER = "scheduler"
+ASSETS = {ANNOTATE_PREPROCESS: (TOKENIZER,), ANNOTATE_NOISE: (SCHEDULER,), GENERATE: (TOKENIZER, SCHEDULER)}
+
+ANNOTATE_INPUTS = (
+    Tensor("image", "STRING", (1,)),
+    Tensor("prompt", "STRING", (1,)),
+    Tensor("class_names", "STRING", (-1,)),
+    Tensor("seed", "INT64", (1,), optional=True),  # the annotation noise's seed (default 0)
+)
+GENERATE_INPUTS = (
+    Tensor("prompt", "STRING", (1,)),
+    Tensor("class_names", "STRING", (-1,)),
+    Tensor("seeds", "INT64", (-1,)),  # one image per seed
+    Tensor("negative_prompt", "STRING", (1,), optional=True),
+    Tensor("steps", "INT32", (1,), optional=True),  # default 50
+    Tensor("guidance", "FP32", (1,), optional=True),  # default 7.5
+    Tensor("height", "INT32", (1,), optional=True),  # default: the UNet's sample size x 8
+    Tensor("width", "INT32", (1,), optional=True),
+)
+
+
+def annotation_outputs(tasks) -> tuple[Tensor, ...]:
+    outputs = [Tensor("class_map", "INT32", (-1, -1, -1)), Tensor("class_scores", "FP32", (-1, -1))]
+    if "depth" in tasks:
+        outputs.append(Tensor("depth", "FP32", (-1, 1, -1, -1)))
+    return tuple(outputs)
+
+
+def generate_outputs(tasks) -> tuple[Tensor, ...]:
+    return (Tensor("image", "UINT8", (-1, -1, -1, 3)),) + annotation_outputs(tasks)
+
+
+def _limits(settings: Settings, max_side: int) -> dict[str, str]:
+    serving = settings.datasetdm
+    return {
+        "max_steps": str(serving.max_steps),
+        "min_guidance": str(serving.min_guidance),
+        "max_guidance": str(serving.max_guidance),
+        "max_classes": str(serving.max_classes),
+        "max_generations": str(serving.max_generations),
+        "max_side": str(max_side),
+        "class_vocabulary": ",".join(serving.class_vocabulary),
+    }
+
+
+def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]:
+    tasks = shapes.widths
+    groups = {f"{task}_{group}": f"{task}_{group}" for task in tasks for group in exported.GROUPS}
+    steps = [
+        EnsembleStep(
+            ANNOTATE_PREPROCESS,
+            inputs={t.name: t.name for t in ANNOTATE_INPUTS},
+            outputs={name: name for name in ("vae_image", "input_ids", "uncond_ids", "class_ids", "noise_seed",
+                                             "timestep", "original_size")},
+        ),
+        EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "input_ids"}, {"text_embeddings": "text_embeddings"}),
+        EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "uncond_ids"}, {"text_embeddings": "uncond_embeddings"}),
+        EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "class_ids"}, {"text_embeddings": "class_embeddings"}),
+        EnsembleStep(exported.VAE_ENCODER, {"image": "vae_image"}, {"latents": "clean_latents", "latents_std": "latents_std"}),
+        EnsembleStep(
+            ANNOTATE_NOISE,
+            {"latents": "clean_latents", "latents_std": "latents_std", "noise_seed": "noise_seed", "timestep": "timestep"},
+            {"noisy_latents": "noisy_latents"},
+        ),
+        EnsembleStep(
+            exported.FEATURES,
+            {"latents": "noisy_latents", "timestep": "timestep", "text_embeddings": "text_embeddings",
+             "uncond_embeddings": "uncond_embeddings"},
+            groups,
+        ),
+    ]
+    post_inputs = {"class_map_raw": "class_map_raw", "original_size": "original_size"}
+    post_outputs = {"class_map": "class_map"}
+    if "semantic" in tasks:
+        inputs = {group: f"semantic_{group}" for group in exported.GROUPS} | {"class_embeddings": "class_embeddings"}
+        outputs = {"class_map": "class_map_raw", "class_scores": "class_scores"}
+        steps.append(EnsembleStep(exported.DECODERS["semantic"], inputs, outputs))
+    if "depth" in tasks:
+        inputs = {group: f"depth_{group}" for group in exported.GROUPS}
+        steps.append(EnsembleStep(exported.DECODERS["depth"], inputs, {"depth": "depth_raw"}))
+        post_inputs["depth_raw"] = "depth_raw"
+        post_outputs["depth"] = "depth"
+    steps.append(EnsembleStep(ANNOTATE_POSTPROCESS, post_inputs, post_outputs))
+    return tuple(steps)
+
+
+def definitions(
+    settings: Settings, shapes: exported.ExportedShapes, default_side: int, vae_scale: int
+) -> list[ModelDefinition]:
+    """The serving models for the exported `shapes` (the semantic decoder is required: both
+    uses return its class map); `default_side` is the generated image's default side,
+    `vae_scale` the image pixels per latent pixel."""
+    if "semantic" not in shapes.widths:
+        raise ValueError("serving DatasetDM needs the semantic decoder (export --tasks semantic[,depth])")
+    serving = settings.datasetdm
+    tokens, width = shapes.tokens, shapes.text_width
+    latents = (-1, shapes.latent_channels, -1, -1)
+    depth = "depth" in shapes.widths
+    post_inputs = (Tensor("class_map_raw", "INT32", (-1, -1, -1)), Tensor("original_size", "INT64", (2,)))
+    post_outputs = (Tensor("class_map", "INT32", (-1, -1, -1)),)
+    if depth:
+        post_inputs += (Tensor("depth_raw", "FP32", (-1, 1, -1, -1)),)
+        post_outputs += (Tensor("depth", "FP32", (-1, 1, -1, -1)),)
+    return [
+        ModelDefinition(
+            name=ANNOTATE_PREPROCESS,
+            runtime=Runtime.PYTHON,
+            python_source="datasetdm_annotate_preprocess.py",
+            inputs=ANNOTATE_INPUTS,
+            outputs=(
+                Tensor("vae_image", "FP32", (1, 3, -1, -1)),
+                Tensor("input_ids", "INT64", (1, tokens)),
+                Tensor("uncond_ids", "INT64", (1, tokens)),
+                Tensor("class_ids", "INT64", (-1, tokens)),
+                Tensor("noise_seed", "INT64", (1,)),
+                Tensor("timestep", "INT64", (1,)),
+                Tensor("original_size", "INT64", (2,)),
+            ),
+            instances=serving.python_instances,
+            parameters=_limits(settings, serving.annotate_max_side) | {
+                "max_image_pixels": str(serving.max_image_pixels),
+                "annotation_timestep": str(serving.annotation_timestep),
+            },
+        ),
+        ModelDefinition(
+            name=ANNOTATE_NOISE,
+            runtime=Runtime.PYTHON,
+            python_source="datasetdm_annotate_noise.py",
+            inputs=(
+                Tensor("latents", "FP32", latents),
+                Tensor("latents_std", "FP32", latents),
+                Tensor("noise_seed", "INT64", (1,)),
+                Tensor("timestep", "INT64", (1,)),
+            ),
+            outputs=(Tensor("noisy_latents", "FP32", latents),),
+            instances=serving.python_instances,
+        ),
+        ModelDefinition(
+            name=ANNOTATE_POSTPROCESS,
+            runtime=Runtime.PYTHON,
+            python_source="datasetdm_annotate_postprocess.py",
+            inputs=post_inputs,
+            outputs=post_outputs,
+            instances=serving.python_instances,
+        ),
+        ModelDefinition(
+            name=ANNOTATE,
+            runtime=Runtime.ENSEMBLE,
+            inputs=ANNOTATE_INPUTS,
+            outputs=annotation_outputs(shapes.widths),
+            steps=_annotate_steps(shapes),
+        ),
+        ModelDefinition(
+            name=GENERATE,
+            runtime=Runtime.PYTHON,
+            python_source="datasetdm_generate.py",
+            inputs=GENERATE_INPUTS,
+            outputs=generate_outputs(shapes.widths),
+            instances=serving.generate_instances,
+            parameters=_limits(settings, serving.max_generate_side) | {
+                "default_side": str(default_side),
+                "text_width": str(width),
+                "latent_channels": str(shapes.latent_channels),
+                "vae_scale": str(vae_scale),
+            },
+        ),
+    ]

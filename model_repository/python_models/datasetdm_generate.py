@@ -1,0 +1,173 @@
+"""DatasetDM generate (BLS): prompt, seeds, steps, guidance and class names -> images and their
+annotations, the whole loop inside the server.
+
+    text encoder (one call for every prompt, negative prompt and class name of the batch)
+    -> PNDM loop in Python (diffusers' scheduler, the folder's config), the UNet called through
+       Triton on the doubled batch, the last step through the feature extractor, which yields
+       both noise predictions and the feature groups DatasetDM reads at that step
+    -> VAE decoder -> image; semantic (and depth) decoder on the last step's groups.
+
+Requests handed over together, and the seeds within each, that share steps and size are
+denoised in one loop (guidance is per image). A request that fails validation gets
+INVALID_ARGUMENT and does not hold up the others; a failing model call fails its loop's
+requests with the model's message.
+"""
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from diffusers import PNDMScheduler
+from transformers import CLIPTokenizer
+
+from perceptserve.datasetdm import validation
+from perceptserve.datasetdm.sampling import denoise, initial_latents
+from perceptserve.model_repository import datasetdm as exported
+from perceptserve.model_repository.python_models.responses import invalid_argument
+
+GROUPS = exported.GROUPS
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 7.5
+
+
+class ModelCallError(RuntimeError):
+    """A model called through BLS failed; the server's fault, not the caller's."""
+
+
+def _call(model, inputs, outputs):
+    request = pb_utils.InferenceRequest(
+        model_name=model,
+        inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
+        requested_output_names=list(outputs),
+    )
+    response = request.exec()
+    if response.has_error():
+        raise ModelCallError(f"{model} failed: {response.error().message()}")
+    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+
+
+def _optional_one(request, name, default):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    value = tensor.as_numpy().reshape(-1)
+    if value.size != 1:
+        raise validation.RequestError(f"{name} must hold one value, got {value.size}")
+    return value[0]
+
+
+@dataclass
+class Job:
+    """One request, validated and tokenized."""
+
+    prompt_ids: np.ndarray  # (77,)
+    negative_ids: np.ndarray  # (77,)
+    class_ids: np.ndarray  # (K, 77)
+    seeds: list
+    steps: int
+    guidance: float
+    size: tuple
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        self.limits = validation.Limits.from_parameters(parameters)
+        self.default_side = int(parameters["default_side"])
+        self.vae_scale = int(parameters["vae_scale"])
+        self.latent_channels = int(parameters["latent_channels"])
+        self.depth = any(output["name"] == "depth" for output in config["output"])
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
+        self.scheduler_config = PNDMScheduler.load_config(os.path.join(folder, "scheduler"))
+
+    def _job(self, request) -> Job:
+        limits = self.limits
+        prompt = validation.text(_optional_one(request, "prompt", b""), "prompt")
+        negative = validation.text(_optional_one(request, "negative_prompt", b""), "negative_prompt")
+        names = validation.class_names(pb_utils.get_input_tensor_by_name(request, "class_names").as_numpy().reshape(-1), limits)
+        height = validation.image_side(int(_optional_one(request, "height", self.default_side)), "height", limits)
+        width = validation.image_side(int(_optional_one(request, "width", self.default_side)), "width", limits)
+        return Job(
+            prompt_ids=validation.token_ids(self.tokenizer, prompt, "prompt"),
+            negative_ids=validation.token_ids(self.tokenizer, negative, "negative_prompt", allow_empty=True),
+            class_ids=np.stack([validation.token_ids(self.tokenizer, n, f"class name {n!r}") for n in names]),
+            seeds=validation.seeds(pb_utils.get_input_tensor_by_name(request, "seeds").as_numpy(), limits),
+            steps=validation.steps(int(_optional_one(request, "steps", DEFAULT_STEPS)), limits),
+            guidance=validation.guidance(float(_optional_one(request, "guidance", DEFAULT_GUIDANCE)), limits),
+            size=(height, width),
+        )
+
+    def _generate(self, jobs):
+        """One loop for `jobs` (same steps and size) -> one response per job."""
+        counts = [len(job.seeds) for job in jobs]
+        ids = np.concatenate([np.stack([j.negative_ids for j in jobs]), np.stack([j.prompt_ids for j in jobs])]
+                             + [j.class_ids for j in jobs])
+        embeddings = torch.from_numpy(_call(exported.TEXT_ENCODER, {"input_ids": ids}, ["text_embeddings"])["text_embeddings"])
+        per_image = torch.tensor(np.repeat(np.arange(len(jobs)), counts))
+        uncond, text = embeddings[per_image], embeddings[len(jobs) + per_image]
+        context = torch.cat([uncond, text]).numpy()
+        class_embeddings = embeddings[2 * len(jobs):].split([len(j.class_ids) for j in jobs])
+
+        def unet(latents, timesteps):
+            feeds = {"sample": latents.numpy(), "timestep": timesteps.numpy(), "encoder_hidden_states": context}
+            return torch.from_numpy(_call(exported.UNET, feeds, ["noise_pred"])["noise_pred"])
+
+        tasks = ["semantic"] + (["depth"] if self.depth else [])
+        group_names = [f"{task}_{group}" for task in tasks for group in GROUPS]
+
+        def last(latents, timesteps):
+            feeds = {"latents": latents.numpy(), "timestep": timesteps.numpy(),
+                     "text_embeddings": text.numpy(), "uncond_embeddings": uncond.numpy()}
+            out = _call(exported.FEATURES, feeds, ["noise_pred_uncond", "noise_pred_text"] + group_names)
+            extras = {name: out[name] for name in group_names}
+            return torch.from_numpy(out["noise_pred_uncond"]), torch.from_numpy(out["noise_pred_text"]), extras
+
+        height, width = jobs[0].size
+        seeds = [seed for job in jobs for seed in job.seeds]
+        latents = initial_latents(seeds, (self.latent_channels, height // self.vae_scale, width // self.vae_scale))
+        guidance = torch.tensor(np.repeat([j.guidance for j in jobs], counts), dtype=torch.float32)
+        scheduler = PNDMScheduler.from_config(self.scheduler_config)
+        latents, groups = denoise(scheduler, latents, jobs[0].steps, guidance, unet, last)
+        images = _call(exported.VAE_DECODER, {"latents": latents.numpy()}, ["image"])["image"]
+        images = (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+
+        responses, start = [], 0
+        for job, count, classes in zip(jobs, counts, class_embeddings):
+            part = slice(start, start + count)
+            start += count
+            feeds = {group: groups[f"semantic_{group}"][part] for group in GROUPS}
+            feeds["class_embeddings"] = classes.numpy()
+            semantic = _call(exported.DECODERS["semantic"], feeds, ["class_map", "class_scores"])
+            tensors = {"image": images[part], **semantic}
+            if self.depth:
+                feeds = {group: groups[f"depth_{group}"][part] for group in GROUPS}
+                tensors.update(_call(exported.DECODERS["depth"], feeds, ["depth"]))
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in tensors.items()]))
+        return responses
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        loops = defaultdict(list)  # (steps, size) -> [(request index, job)]
+        for index, request in enumerate(requests):
+            try:
+                job = self._job(request)
+            except validation.RequestError as exc:
+                responses[index] = invalid_argument(exc)
+                continue
+            loops[job.steps, job.size].append((index, job))
+        for members in loops.values():
+            indices, jobs = zip(*members)
+            try:
+                results = self._generate(list(jobs))
+            except ModelCallError as exc:
+                results = [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))] * len(jobs)
+            for index, response in zip(indices, results):
+                responses[index] = response
+        return responses

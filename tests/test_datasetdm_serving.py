@@ -1,0 +1,208 @@
+"""DatasetDM served by the real tritonserver on the tiny random pipeline: generated images against
+diffusers' `StableDiffusionPipeline` for the same seeds, annotation against the eager PyTorch
+path (VAE sample + noise, feature capture, P-Decoders in DatasetDM's order), the dataset writer's
+layout and resume, the CLI, and bad input refused with INVALID_ARGUMENT while the server goes on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as sample_images
+
+from perceptserve import cli
+from perceptserve.clients.dataset import MANIFEST, Dataset, RunSpec
+from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
+from perceptserve.clients.errors import ClientError
+from perceptserve.clients.generate import generate_dataset
+from perceptserve.datasetdm import validation
+from perceptserve.datasetdm.features import GROUPS
+from perceptserve.imaging import encode_png
+from perceptserve.server.launcher import TritonServer
+
+from .conftest import server_settings
+from .datasetdm_fixtures import tiny_export  # noqa: F401
+
+pytestmark = pytest.mark.server
+
+PROMPT, CLASSES = "a photo of a cat on a sofa", ["cat", "sofa"]
+SMALL = dict(steps=4, height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export):
+    with TritonServer(tiny_export.repository, "cpu", server_settings()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def generator(server):
+    with DatasetDMGenerateClient(server.grpc_url) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def annotator(server):
+    with DatasetDMAnnotateClient(server.grpc_url) as client:
+        yield client
+
+
+def test_generated_images_match_diffusers(tiny_export, generator):
+    """Two seeds in one loop, each the image diffusers makes for that seed alone."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(str(tiny_export.job.tiny_source), safety_checker=None)
+    pipeline.set_progress_bar_config(disable=True)
+    served = generator.generate(PROMPT, CLASSES, seeds=[3, 11], guidance=7.5, **SMALL)
+    for item in served:
+        reference = pipeline(PROMPT, num_inference_steps=SMALL["steps"], guidance_scale=7.5, height=64, width=64,
+                             generator=torch.Generator("cpu").manual_seed(item.seed), output_type="np").images[0]
+        diff = np.abs(item.image.astype(np.float64) - reference * 255).max()
+        print(f"seed {item.seed}: max abs pixel difference {diff:.3f} (of 255)")
+        assert diff <= 1.0
+        assert item.class_map.shape == (64, 64) and item.class_map.max() <= len(CLASSES)
+        assert item.class_scores.shape == (2,) and item.depth.shape == (64, 64)
+    assert not np.array_equal(served[0].image, served[1].image)
+
+
+def test_annotation_matches_the_eager_path(tiny_export, annotator):
+    from diffusers import PNDMScheduler
+
+    photo = np.ascontiguousarray(sample_images.astronaut()[::4, ::4][:64])  # 64 x 128
+    served = annotator.annotate(encode_png(photo), "a photo of a man", ["person", "car"], seed=5)
+
+    models = tiny_export.models
+    diffusion, extractor = models.diffusion, models.extractor
+    image = torch.from_numpy(photo.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1)
+    generator = torch.Generator("cpu").manual_seed(5)
+    latents = diffusion.vae.encode(image).latent_dist.sample(generator=generator) * diffusion.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator)
+    scheduler = PNDMScheduler.from_pretrained(str(tiny_export.job.tiny_source), subfolder="scheduler")
+    timestep = torch.tensor([1])
+    noisy = scheduler.add_noise(latents, noise, timestep)
+    captured = extractor.capture(noisy, timestep, diffusion.embed(["a photo of a man"]), diffusion.embed([""]))
+    raw = [captured.group(extractor.layout, group) for group in GROUPS]
+    class_map, scores = models.decoders["semantic"].reference(raw, diffusion.embed(["person", "car"]))
+    depth = models.decoders["depth"].reference(raw)
+
+    assert served.class_map.shape == (64, 128)
+    agreement = (served.class_map == class_map[0].numpy()).mean()
+    print(f"class map agreement {agreement:.5f}, scores {served.class_scores} vs {scores[0].numpy()}")
+    assert agreement >= 0.99
+    np.testing.assert_allclose(served.class_scores, scores[0].numpy(), rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(served.depth, depth[0, 0].numpy(), rtol=1e-3, atol=1e-3 * float(depth.max()))
+
+
+def test_annotation_comes_back_at_the_image_size(annotator):
+    photo = np.ascontiguousarray(sample_images.chelsea()[::5, ::5])  # 60 x 90: resized to 64 x 128 and back
+    result = annotator.annotate(encode_png(photo), "a photo of a cat", ["cat"])
+    assert result.class_map.shape == photo.shape[:2] and result.depth.shape == photo.shape[:2]
+
+
+LONG = " ".join(["cat"] * 80)
+GENERATE_CASES = {
+    "empty prompt": dict(prompt="  "),
+    "over-long prompt": dict(prompt=LONG),
+    "no class names": dict(class_names=[]),
+    "repeated class names": dict(class_names=["cat", "cat"]),
+    "steps 0": dict(steps=0),
+    "too many steps": dict(steps=10_000),
+    "guidance too high": dict(guidance=1000.0),
+    "guidance NaN": dict(guidance=float("nan")),
+    "too many seeds": dict(seeds=list(range(100))),
+    "height not a multiple of 64": dict(height=100),
+}
+
+
+@pytest.mark.parametrize("case", GENERATE_CASES)
+def test_bad_generate_requests_are_invalid_argument(generator, case):
+    request = dict(prompt=PROMPT, class_names=CLASSES, seeds=[0], **SMALL) | GENERATE_CASES[case]
+    with pytest.raises(ClientError) as raised:
+        generator.generate(**request)
+    assert raised.value.status == "INVALID_ARGUMENT", raised.value
+    print(f"{case}: {raised.value.message}")
+
+
+def test_bad_annotate_requests_are_invalid_argument_and_the_server_goes_on(annotator):
+    good = encode_png(np.zeros((64, 64, 3), np.uint8))
+    cases = [(b"GIF89a not an image", PROMPT, CLASSES), (good, "", CLASSES), (good, LONG, CLASSES), (good, PROMPT, [])]
+    messages = []
+    for image, prompt, classes in cases:
+        with pytest.raises(ClientError) as raised:
+            annotator.annotate(image, prompt, classes)
+        assert raised.value.status == "INVALID_ARGUMENT"
+        messages.append(raised.value.message)
+    assert "not a PNG, JPEG or WebP" in messages[0] and "prompt is empty" in messages[1]
+    assert "tokens long; the text encoder reads at most 75" in messages[2] and "not truncated" in messages[2]
+    assert annotator.annotate(good, PROMPT, CLASSES).class_map.shape == (64, 64)
+
+
+def test_unknown_class_names_are_refused():
+    """With a vocabulary configured (a decoder trained on fixed classes), other names are refused."""
+    limits = validation.Limits(50, 1, 20, 4, 4, 512, vocabulary=("cat", "dog"))
+    with pytest.raises(validation.RequestError, match="unknown class names horse: this decoder knows cat, dog"):
+        validation.class_names([b"cat", b"horse"], limits)
+    assert validation.class_names([b"dog"], limits) == ["dog"]
+
+
+class FailingSeed:
+    """The real client, with one seed refused by the 'server'."""
+
+    def __init__(self, client: DatasetDMGenerateClient, bad_seed: int) -> None:
+        self.client, self.bad_seed, self.requests = client, bad_seed, []
+
+    def generate(self, *args, **kwargs):
+        seeds = args[2]
+        self.requests.append(list(seeds))
+        if self.bad_seed in seeds:
+            raise ClientError("refused for the test", "INTERNAL")
+        return self.client.generate(*args, **kwargs)
+
+
+def test_dataset_layout_resume_and_failures(generator, tmp_path):
+    spec = RunSpec(PROMPT, CLASSES, steps=2, guidance=5.0, height=64, width=64, models=generator.model_versions())
+    client = FailingSeed(generator, bad_seed=2)
+    result = generate_dataset(client, Dataset(tmp_path, spec), seeds=[0, 1, 2, 3], batch=2, progress=False)
+    assert result.written == [0, 1, 3] and list(result.failed) == [2]
+    for stem in ("cat_0", "cat_1", "cat_3"):
+        assert Image.open(tmp_path / "Image" / f"{stem}.jpg").size == (64, 64)
+        assert np.asarray(Image.open(tmp_path / "Mask" / f"{stem}.png")).max() <= 2
+        assert (tmp_path / "Depth" / f"{stem}.png").exists() and (tmp_path / "Preview" / f"{stem}.jpg").exists()
+    entries = [json.loads(line) for line in (tmp_path / MANIFEST).read_text().splitlines()]
+    assert [e["seed"] for e in entries] == [0, 1, 3]
+    assert entries[0]["models"] == {"datasetdm_generate": ["1"]} and entries[0]["classes"] == CLASSES
+
+    # Interrupted: seed 3's line torn mid-write, seed 1's image lost. Resume redoes those and 2 only.
+    lines = (tmp_path / MANIFEST).read_text().splitlines()
+    (tmp_path / MANIFEST).write_text("\n".join(lines[:2] + [lines[2][:20]]) + "\n")
+    (tmp_path / "Image" / "cat_1.jpg").unlink()
+    client = FailingSeed(generator, bad_seed=-1)
+    result = generate_dataset(client, Dataset(tmp_path, spec), seeds=[0, 1, 2, 3], batch=4, progress=False)
+    assert client.requests == [[1, 2, 3]] and result.skipped == [0] and not result.failed
+    assert sorted(Dataset(tmp_path, spec).done) == [0, 1, 2, 3]
+
+    with pytest.raises(ClientError, match="other settings"):
+        Dataset(tmp_path, RunSpec(PROMPT, ["dog"], steps=2, guidance=5.0, height=64, width=64))
+
+
+def test_cli_annotate_and_generate(server, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.ascontiguousarray(sample_images.coffee()[::8, ::8])).save(photo)
+    url = server.grpc_url
+    assert cli.main(["annotate", str(photo), "--prompt", "a cup", "--classes", "cat,dog", "--out", str(tmp_path / "a"),
+                     "--url", url]) == 0
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"photo_mask.png", "photo_preview.jpg", "photo_depth.png"}
+
+    def generate(out: str, steps: str) -> int:
+        return cli.main(["generate", "--prompt", PROMPT, "--classes", "cat", "--count", "2", "--seed", "7", "--steps",
+                         steps, "--height", "64", "--width", "64", "--out", str(tmp_path / out), "--url", url])
+
+    assert generate("g", "2") == 0
+    assert sorted(p.name for p in (tmp_path / "g" / "Image").iterdir()) == ["cat_7.jpg", "cat_8.jpg"]
+    assert generate("g", "2") == 0
+    assert "0 images written, 2 already there" in capsys.readouterr().out
+    assert generate("bad", "0") == 1  # every item refused: each reported, the run ends with status 1
+    assert "steps 0 is out of range" in capsys.readouterr().err
