@@ -17,6 +17,8 @@ from perceptserve.hqsam.registry import ViTConfig
 from perceptserve.server.launcher import TritonServer
 from perceptserve.settings import ServerSettings, Settings
 
+from .datasetdm_fixtures import tiny_export  # noqa: F401  (one session fixture for every DatasetDM test file)
+
 # `_build_sam` with two blocks, the second a global-attention block (HQ-SAM's early feature).
 SMALL_VIT = ViTConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,))
 

@@ -27,7 +27,7 @@ from perceptserve.model_repository import configs
 from perceptserve.model_repository import datasetdm as names
 from perceptserve.model_repository.writer import version_dir
 
-from .datasetdm_fixtures import datasetdm_state_shapes, hook_capture, random_state, tiny_export  # noqa: F401
+from .datasetdm_fixtures import datasetdm_state_shapes, hook_capture, random_state
 
 # CompVis/stable-diffusion-v1-4 unet/config.json, the values the layout reads.
 SD14_UNET = {

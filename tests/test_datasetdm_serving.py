@@ -24,7 +24,6 @@ from perceptserve.imaging import encode_png
 from perceptserve.server.launcher import TritonServer
 
 from .conftest import server_settings
-from .datasetdm_fixtures import tiny_export  # noqa: F401
 
 pytestmark = pytest.mark.server
 
