@@ -73,7 +73,8 @@ def render(definition: ModelDefinition, target: str, settings: Settings, *, has_
         config.backend = "python"
     if definition.runtime is Runtime.ONNX and not on_gpu:
         config.parameters["onnx_file"].string_value = ONNX_FILE
-        config.parameters["intra_op_num_threads"].string_value = str(settings.hqsam.onnxruntime_threads)
+        config.parameters["intra_op_num_threads"].string_value = str(settings.cpu_onnxruntime.threads)
+        config.parameters["allow_spinning"].string_value = str(int(settings.cpu_onnxruntime.allow_spinning))
     if on_gpu and has_plan:
         config.platform = "tensorrt_plan"
         config.default_model_filename = PLAN_FILE

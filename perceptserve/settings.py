@@ -42,8 +42,6 @@ class HQSamServing:
     encoder_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
     decoder_instances: InstanceCounts = InstanceCounts(cpu=1, gpu=1)
     python_instances: InstanceCounts = InstanceCounts(cpu=2, gpu=4)  # pre/post-processing
-    # ONNX Runtime threads per CPU instance (0: one per core).
-    onnxruntime_threads: int = 0
     # Untrusted-input limits, enforced by the preprocessing model.
     max_image_pixels: int = 40_000_000
     max_prompt_sets: int = 64
@@ -81,6 +79,16 @@ class DatasetDMServing:
     max_generations: int = 8  # images (seeds) per generate request, denoised in one loop
     # Class names the decoder was trained for; empty: any name (an open-vocabulary decoder).
     class_vocabulary: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CpuOnnxRuntime:
+    """ONNX Runtime inside the python backend, for every ONNX model on the `cpu` target."""
+
+    threads: int = 0  # intra-op threads per model instance (0: one per core)
+    # Idle intra-op threads spin-wait (ONNX Runtime's default). Where several model instances share
+    # few cores, spinning threads can steal time from busy ones: PERCEPTSERVE_ORT_SPINNING=0.
+    allow_spinning: bool = True
 
 
 @dataclass(frozen=True)
@@ -124,13 +132,15 @@ class ServerSettings:
 class Settings:
     hqsam: HQSamServing = field(default_factory=HQSamServing)
     datasetdm: DatasetDMServing = field(default_factory=DatasetDMServing)
+    cpu_onnxruntime: CpuOnnxRuntime = field(default_factory=CpuOnnxRuntime)
     gpu_onnxruntime: GpuOnnxRuntime = field(default_factory=GpuOnnxRuntime)
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
 ENV_OVERRIDES = {
     "PERCEPTSERVE_MAX_IMAGE_PIXELS": ("hqsam", "max_image_pixels", int),
-    "PERCEPTSERVE_ORT_THREADS": ("hqsam", "onnxruntime_threads", int),
+    "PERCEPTSERVE_ORT_THREADS": ("cpu_onnxruntime", "threads", int),
+    "PERCEPTSERVE_ORT_SPINNING": ("cpu_onnxruntime", "allow_spinning", lambda value: value.lower() in ("1", "true", "yes")),
     "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
     "PERCEPTSERVE_API_KEY": ("server", "api_key", str),
     "PERCEPTSERVE_DATASETDM_CLASSES": ("datasetdm", "class_vocabulary", lambda text: tuple(

@@ -20,6 +20,7 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], parameters["onnx_file"])
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_num_threads", "0"))
+        options.add_session_config_entry("session.intra_op.allow_spinning", parameters.get("allow_spinning", "1"))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [i["name"] for i in config["input"]]
