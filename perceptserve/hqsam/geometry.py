@@ -7,6 +7,8 @@ one implementation of each step.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image
 
@@ -57,10 +59,16 @@ def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
+@lru_cache(maxsize=64)
 def _postprocess_matrix(input_len: int, original_len: int) -> np.ndarray:
-    """One axis of `postprocess_masks`: 256 -> 1024, crop to the resized length, -> original."""
+    """One axis of `postprocess_masks`: 256 -> 1024, crop to the resized length, -> original.
+
+    Depends on the sizes only, and interactive use sends the same image again and again: built
+    once per size (read-only, since it is shared)."""
     to_padded = _bilinear_matrix(LOW_RES_MASK_SIZE, IMAGE_SIZE)[:input_len]
-    return (_bilinear_matrix(input_len, original_len) @ to_padded).astype(np.float32)
+    matrix = (_bilinear_matrix(input_len, original_len) @ to_padded).astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
 
 
 def upscale_logits(
@@ -71,6 +79,6 @@ def upscale_logits(
     Both bilinear resizes and the crop are linear maps, so each axis collapses into one
     [out, 256] matrix and the whole step is two matrix products per mask.
     """
-    rows = _postprocess_matrix(input_size[0], original_size[0])
-    cols = _postprocess_matrix(input_size[1], original_size[1])
+    rows = _postprocess_matrix(int(input_size[0]), int(original_size[0]))
+    cols = _postprocess_matrix(int(input_size[1]), int(original_size[1]))
     return rows @ low_res_logits.astype(np.float32) @ cols.T
