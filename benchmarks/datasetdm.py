@@ -23,19 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
-from skimage import data as sample_images
-from skimage.transform import resize
-
 from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
-from perceptserve.datasetdm.features import GROUPS
-from perceptserve.datasetdm.sampling import annotation_latents, denoise, initial_latents
-from perceptserve.datasetdm.source import load
 from perceptserve.export.datasetdm import DatasetDMExport, prepare
 from perceptserve.export.datasetdm import run as export_repository
-from perceptserve.imaging import encode_png
 from perceptserve.model_repository import datasetdm as exported
 from perceptserve.model_repository import datasetdm_serving as serving
 from perceptserve.server.launcher import TritonServer
+from skimage import data as sample_images
+from skimage.transform import resize
+
+from perceptserve.datasetdm.features import GROUPS
+from perceptserve.datasetdm.sampling import annotation_latents, denoise, initial_latents
+from perceptserve.datasetdm.source import load
+from perceptserve.imaging import encode_png
 from perceptserve.settings import Settings
 
 from .statistics import LatencySummary, ratio
@@ -43,8 +43,14 @@ from .triton_statistics import delta, snapshot
 
 PROMPT, CLASSES = "a photo of a cat on a sofa", ["cat", "sofa"]
 TARGET = 0.8  # served seconds per image / eager, at most (issue 7, tiny pipeline on this CPU)
-MODELS = (serving.GENERATE, serving.ANNOTATE, serving.ANNOTATE_PREPROCESS, serving.ANNOTATE_NOISE,
-          serving.ANNOTATE_POSTPROCESS, *exported.model_names(("semantic", "depth")))
+MODELS = (
+    serving.GENERATE,
+    serving.ANNOTATE,
+    serving.ANNOTATE_PREPROCESS,
+    serving.ANNOTATE_NOISE,
+    serving.ANNOTATE_POSTPROCESS,
+    *exported.model_names(("semantic", "depth")),
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,9 @@ class Eager:
         image = torch.from_numpy(photo.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1)
         posterior = d.vae.encode(image).latent_dist
         scale = d.vae.config.scaling_factor
-        noisy = annotation_latents(posterior.mean * scale, posterior.std * scale, seed, 1, self.scheduler.alphas_cumprod)
+        noisy = annotation_latents(
+            posterior.mean * scale, posterior.std * scale, seed, 1, self.scheduler.alphas_cumprod
+        )
         timestep = torch.tensor([1])
         captured = extractor.capture(noisy, timestep, d.embed([PROMPT]), d.embed([""]))
         raw = [captured.group(extractor.layout, group) for group in GROUPS]
@@ -139,18 +147,26 @@ def run(job: DatasetDMBench, settings: Settings) -> dict:
     results: dict = {"config": {k: str(v) for k, v in asdict(job).items()}, "uses": {}}
 
     print(f"eager: {job.images} generations ({job.steps} steps, {job.side}x{job.side}) and annotations")
-    results["uses"]["generate"] = {"eager": _per_image(lambda b: eager.generate(b, job.steps, job.side, job.guidance),
-                                                       seed_batches).to_json()}
-    results["uses"]["annotate"] = {"eager": _per_image(lambda b: eager.annotate(photos[b[0]], 0),
-                                                       [[i] for i in range(job.images)]).to_json()}
+    results["uses"]["generate"] = {
+        "eager": _per_image(lambda b: eager.generate(b, job.steps, job.side, job.guidance), seed_batches).to_json()
+    }
+    results["uses"]["annotate"] = {
+        "eager": _per_image(lambda b: eager.annotate(photos[b[0]], 0), [[i] for i in range(job.images)]).to_json()
+    }
     with TritonServer(export.repository, "cpu", settings.server, log_file=job.out / "tritonserver.log") as server:
         raw = grpcclient.InferenceServerClient(server.grpc_url)
         with DatasetDMGenerateClient(server.grpc_url) as gen, DatasetDMAnnotateClient(server.grpc_url) as ann:
             calls = {
-                "generate": (lambda b: gen.generate(PROMPT, CLASSES, b, steps=job.steps, guidance=job.guidance,
-                                                    height=job.side, width=job.side), seed_batches),
-                "annotate": (lambda b: ann.annotate(encode_png(photos[b[0]]), PROMPT, CLASSES),
-                             [[i] for i in range(job.images)]),
+                "generate": (
+                    lambda b: gen.generate(
+                        PROMPT, CLASSES, b, steps=job.steps, guidance=job.guidance, height=job.side, width=job.side
+                    ),
+                    seed_batches,
+                ),
+                "annotate": (
+                    lambda b: ann.annotate(encode_png(photos[b[0]]), PROMPT, CLASSES),
+                    [[i] for i in range(job.images)],
+                ),
             }
             for use, (call, batches) in calls.items():
                 call(batches[0])  # warm-up outside the statistics
@@ -160,7 +176,7 @@ def run(job: DatasetDMBench, settings: Settings) -> dict:
                 results["uses"][use]["served"] = summary.to_json()
                 results["uses"][use]["server_breakdown"] = breakdown
         raw.close()
-    for use, figures in results["uses"].items():
+    for figures in results["uses"].values():
         figures["served_over_eager"] = ratio(figures["served"]["mean_ms"], figures["eager"]["mean_ms"])
         figures["meets_target"] = figures["served_over_eager"] is not None and figures["served_over_eager"] <= TARGET
     (job.out / "results.json").write_text(json.dumps(results, indent=2))
@@ -170,16 +186,30 @@ def run(job: DatasetDMBench, settings: Settings) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["# DatasetDM: seconds per annotated image, served vs eager (tiny random pipeline)", "",
-             f"config: {results['config']}", "",
-             "| use | eager s/image | served s/image | served / eager | target <= 0.8 |", "|---|---|---|---|---|"]
+    lines = [
+        "# DatasetDM: seconds per annotated image, served vs eager (tiny random pipeline)",
+        "",
+        f"config: {results['config']}",
+        "",
+        "| use | eager s/image | served s/image | served / eager | target <= 0.8 |",
+        "|---|---|---|---|---|",
+    ]
     for use, f in results["uses"].items():
-        lines.append(f"| {use} | {f['eager']['mean_ms'] / 1e3:.3f} | {f['served']['mean_ms'] / 1e3:.3f} | "
-                     f"{f['served_over_eager']:.2f}x | {'met' if f['meets_target'] else 'missed'} |")
+        lines.append(
+            f"| {use} | {f['eager']['mean_ms'] / 1e3:.3f} | {f['served']['mean_ms'] / 1e3:.3f} | "
+            f"{f['served_over_eager']:.2f}x | {'met' if f['meets_target'] else 'missed'} |"
+        )
     for use, f in results["uses"].items():
-        lines += ["", f"## server breakdown, {use} (Triton statistics over the timed run)", "",
-                  "| model | executions | mean request ms | compute infer ms | queue ms |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## server breakdown, {use} (Triton statistics over the timed run)",
+            "",
+            "| model | executions | mean request ms | compute infer ms | queue ms |",
+            "|---|---|---|---|---|",
+        ]
         for model, s in f["server_breakdown"].items():
-            lines.append(f"| {model} | {s['execution_count']} | {s['request_ms'] or 0:.1f} | "
-                         f"{s['compute_infer_ms'] or 0:.1f} | {s['queue_ms'] or 0:.2f} |")
+            lines.append(
+                f"| {model} | {s['execution_count']} | {s['request_ms'] or 0:.1f} | "
+                f"{s['compute_infer_ms'] or 0:.1f} | {s['queue_ms'] or 0:.2f} |"
+            )
     return "\n".join(lines) + "\n"

@@ -11,21 +11,21 @@ import dataclasses
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
-
 from perceptserve.export.hqsam import HQSamExport, load_model
 from perceptserve.export.hqsam import run as export_repository
 from perceptserve.export.progress import Steps
-from perceptserve.hqsam import registry
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import VERSION
 from perceptserve.server.launcher import TritonServer
+
+from perceptserve.hqsam import registry
 from perceptserve.settings import Settings
 
 from . import records
@@ -123,7 +123,9 @@ class BenchJob:
         return " ".join(parts)
 
     def export_job(self) -> HQSamExport:
-        return HQSamExport(model=self.model, repository=self.repository_path, checkpoint=self.checkpoint, seed=self.seed)
+        return HQSamExport(
+            model=self.model, repository=self.repository_path, checkpoint=self.checkpoint, seed=self.seed
+        )
 
 
 def _exported(repository: Path) -> bool:
@@ -148,8 +150,9 @@ def _server_url(job: BenchJob, settings: Settings) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def _open_runner(mode: str, job: BenchJob, sam, workload: Workload, settings: Settings,
-                 result: BenchResult) -> Iterator[Runner]:
+def _open_runner(
+    mode: str, job: BenchJob, sam, workload: Workload, settings: Settings, result: BenchResult
+) -> Iterator[Runner]:
     repository = job.repository_path
     if mode == "eager":
         yield EagerRunner(sam, workload)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from perceptserve.export.parity import mask_iou, prompt_cases
-from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import version_dir
+
+from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -35,8 +35,12 @@ def write_plot(result: BenchResult, path: Path) -> Path:
             legend = f"{label} {name}" if name == "p50" else None
             latency.plot(levels, values, linestyle=style, marker="o", color=colour, label=legend)
         throughput.plot(levels, [r.latency.throughput_per_s for r in records], marker="o", color=colour, label=label)
-    latency.set(xlabel="concurrent requests", ylabel="latency (ms; p50 solid, p90 dashed, p99 dotted)", yscale="log",
-                title=f"HQ-SAM {result.model_type}: latency")
+    latency.set(
+        xlabel="concurrent requests",
+        ylabel="latency (ms; p50 solid, p90 dashed, p99 dotted)",
+        yscale="log",
+        title=f"HQ-SAM {result.model_type}: latency",
+    )
     throughput.set(xlabel="concurrent requests", ylabel="images / s", yscale="log", title="throughput")
     levels = sorted({r.concurrency for r in result.records})
     for axes in (latency, throughput):

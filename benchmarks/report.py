@@ -65,7 +65,8 @@ def _header(result: BenchResult) -> list[str]:
         f"{machine['load_average_1m_end']} at the end; "
         f"GPU: {machine['gpu'] or 'none'}.",
         f"- Versions: torch {versions['torch']}, onnxruntime {versions['onnxruntime']}, "
-        f"tritonserver {versions['tritonserver'] or '(not run)'}, segment-anything-hq {versions['segment_anything_hq']}, "
+        f"tritonserver {versions['tritonserver'] or '(not run)'}, "
+        f"segment-anything-hq {versions['segment_anything_hq']}, "
         f"perceptserve {versions['perceptserve']}, Python {versions['python']}.",
         f"- Weights: {result.weights}. Image: {options['image']}.",
         f"- {options['requests']} timed requests per row after {options['warmup']} warm-up request(s) "
@@ -158,7 +159,11 @@ def _int8_section(result: BenchResult) -> list[str]:
 
 def markdown(result: BenchResult) -> str:
     return "\n".join(
-        _header(result) + _latency_table(result) + _server_table(result) + _targets_table(result) + _int8_section(result)
+        _header(result)
+        + _latency_table(result)
+        + _server_table(result)
+        + _targets_table(result)
+        + _int8_section(result)
     )
 
 

@@ -17,9 +17,9 @@ import copy
 
 import numpy as np
 import torch
-from perceptserve.hqsam.official import SamPredictor
 
 from perceptserve.hqsam.geometry import resize_and_pad
+from perceptserve.hqsam.official import SamPredictor
 
 from .timing import Stage
 from .triton_statistics import ModelStatistics
@@ -97,8 +97,15 @@ class TorchEncoderRunner(Runner):
     """The official image encoder on an accelerator in reduced precision, batch by batch: the
     GPU figures (ms per image at batch 1 and 8) set against the compute-bound floor."""
 
-    def __init__(self, sam, workload: Workload, device: str = "cuda", dtype: torch.dtype = torch.float16,
-                 batch_sizes: tuple[int, ...] = (1, 8), mode: str = "torch-fp16") -> None:
+    def __init__(
+        self,
+        sam,
+        workload: Workload,
+        device: str = "cuda",
+        dtype: torch.dtype = torch.float16,
+        batch_sizes: tuple[int, ...] = (1, 8),
+        mode: str = "torch-fp16",
+    ) -> None:
         self.mode = mode
         self.device = torch.device(device)
         self.dtype = dtype

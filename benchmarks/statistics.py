@@ -5,8 +5,8 @@ Kept free of any model or server code so that it can be checked on recorded figu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class LatencySummary:
     throughput_per_s: float
 
     @classmethod
-    def from_seconds(cls, latencies_s: Sequence[float], wall_s: float, items_per_request: int = 1) -> "LatencySummary":
+    def from_seconds(cls, latencies_s: Sequence[float], wall_s: float, items_per_request: int = 1) -> LatencySummary:
         ms = [1000.0 * value for value in latencies_s]
         p50, p90, p95, p99 = (percentile(ms, q) for q in PERCENTILES)
         return cls(

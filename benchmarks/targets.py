@@ -7,8 +7,8 @@ ms per image against published figures), so machine speed mostly cancels out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .records import BenchResult
 from .statistics import ratio
@@ -84,7 +84,8 @@ TARGETS = (
     *(
         Target(
             f"gpu_encoder_fp16_batch{batch}",
-            f"torch fp16 encoder ms/image at batch {batch}, against segment-anything-fast's A100 {SAM_FAST_A100_MS:g} ms",
+            f"torch fp16 encoder ms/image at batch {batch}, "
+            f"against segment-anything-fast's A100 {SAM_FAST_A100_MS:g} ms",
             SAM_FAST_A100_MS,
             "ms/image",
             lambda r, b=batch: _p50(r, "torch-fp16", "encoder", b),

@@ -7,9 +7,10 @@ clock starts (image variants, PNG encoding, resizing), so only the call is timed
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .statistics import LatencySummary
 
@@ -62,8 +63,9 @@ class Measurement:
     before: Any = None
 
 
-def measure(stage: Stage, requests: int, warmup: int, concurrency: int,
-            snapshot: Callable[[], Any] = lambda: None) -> Measurement:
+def measure(
+    stage: Stage, requests: int, warmup: int, concurrency: int, snapshot: Callable[[], Any] = lambda: None
+) -> Measurement:
     """Warm up, take `snapshot()` (the server's counters), then time `requests` calls."""
     items = stage.prepare(warmup + requests)
     warm = run_calls(stage.call, items[:warmup], concurrency) if warmup else TimedRun([], 0.0)

@@ -15,11 +15,10 @@ import time
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
-
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import HQSamClient, _to_client_error
 from perceptserve.model_repository import hqsam as names
+from tritonclient.utils import InferenceServerException
 
 from .runners import Runner, encoder_feed
 from .timing import Stage
@@ -73,7 +72,9 @@ class TritonRunner(Runner):
 
     def stages(self) -> list[Stage]:
         return [
-            Stage("encoder", lambda count: [encoder_feed(image) for image in self.workload.variants(count)], self._encode),
+            Stage(
+                "encoder", lambda count: [encoder_feed(image) for image in self.workload.variants(count)], self._encode
+            ),
             Stage("prompt", self._prime, self._segment),
             Stage("request", self._requests, self._segment),
         ]

@@ -84,7 +84,10 @@ class ModelStatistics:
 
 def snapshot(client, models: tuple[str, ...]) -> dict[str, ModelStatistics]:
     """Every named model's counters now; `client` is a `tritonclient.grpc.InferenceServerClient`."""
-    return {model: ModelStatistics.from_json(model, client.get_inference_statistics(model, as_json=True)) for model in models}
+    return {
+        model: ModelStatistics.from_json(model, client.get_inference_statistics(model, as_json=True))
+        for model in models
+    }
 
 
 def delta(before: dict[str, ModelStatistics], after: dict[str, ModelStatistics]) -> dict[str, dict]:

@@ -19,8 +19,9 @@ from .generate import csv
 LOCAL_PIXEL_LIMIT = 500_000_000  # only for drawing the preview here; the server applies its own
 
 
-def annotate_file(client: DatasetDMAnnotateClient, image_path: Path, prompt: str, classes: list[str], out: Path,
-                  seed: int = 0) -> tuple[Annotation, list[Path]]:
+def annotate_file(
+    client: DatasetDMAnnotateClient, image_path: Path, prompt: str, classes: list[str], out: Path, seed: int = 0
+) -> tuple[Annotation, list[Path]]:
     """Send the file as it is; write the mask, preview (and depth); return them and the paths."""
     try:
         data = image_path.read_bytes()
@@ -45,7 +46,9 @@ def annotate_command(args: argparse.Namespace) -> int:
     classes = csv(args.classes)
     with DatasetDMAnnotateClient(args.url) as client:
         result, paths = annotate_file(client, args.image, args.prompt, classes, args.out, args.seed)
-    found = ", ".join(f"{name} {score:.2f}" for name, score in zip(classes, result.class_scores))
-    print(f"class map {result.class_map.shape[1]}x{result.class_map.shape[0]} (scores: {found}) -> "
-          + ", ".join(map(str, paths)))
+    found = ", ".join(f"{name} {score:.2f}" for name, score in zip(classes, result.class_scores, strict=True))
+    print(
+        f"class map {result.class_map.shape[1]}x{result.class_map.shape[0]} (scores: {found}) -> "
+        + ", ".join(map(str, paths))
+    )
     return 0

@@ -14,14 +14,13 @@ status (INVALID_ARGUMENT for bad input) and message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
-
 from perceptserve.model_repository import datasetdm_serving as api
+from tritonclient.utils import InferenceServerException
 
 from .errors import ClientError
 from .hqsam import _input, _to_client_error
@@ -54,8 +53,12 @@ class _Client:
     def _infer(self, inputs) -> dict[str, np.ndarray]:
         try:
             config = self._outputs()
-            response = self._client.infer(self.model_name, inputs, client_timeout=self.timeout_s,
-                                          outputs=[grpcclient.InferRequestedOutput(n) for n in config])
+            response = self._client.infer(
+                self.model_name,
+                inputs,
+                client_timeout=self.timeout_s,
+                outputs=[grpcclient.InferRequestedOutput(n) for n in config],
+            )
         except InferenceServerException as exc:
             raise _to_client_error(exc) from None
         return {name: response.as_numpy(name) for name in config}
@@ -87,7 +90,9 @@ class _Client:
 class DatasetDMAnnotateClient(_Client):
     """The `datasetdm_annotate` ensemble: a real image -> its class map (and depth)."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", model_name: str = api.ANNOTATE, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", model_name: str = api.ANNOTATE, timeout_s: float | None = None
+    ) -> None:
         super().__init__(url, model_name, timeout_s)
 
     def annotate(self, image: bytes, prompt: str, class_names: Sequence[str], seed: int = 0) -> Annotation:
@@ -107,12 +112,22 @@ class DatasetDMAnnotateClient(_Client):
 class DatasetDMGenerateClient(_Client):
     """The `datasetdm_generate` model: text -> images with their annotations, one loop per call."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", model_name: str = api.GENERATE, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", model_name: str = api.GENERATE, timeout_s: float | None = None
+    ) -> None:
         super().__init__(url, model_name, timeout_s)
 
-    def generate(self, prompt: str, class_names: Sequence[str], seeds: Sequence[int], steps: int = 50,
-                 guidance: float = 7.5, negative_prompt: str = "", height: int | None = None,
-                 width: int | None = None) -> list[Generation]:
+    def generate(
+        self,
+        prompt: str,
+        class_names: Sequence[str],
+        seeds: Sequence[int],
+        steps: int = 50,
+        guidance: float = 7.5,
+        negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
+    ) -> list[Generation]:
         """One image per seed, denoised together; the image for a seed is diffusers'
         `StableDiffusionPipeline` image for `torch.Generator("cpu").manual_seed(seed)`."""
         inputs = [
@@ -129,8 +144,13 @@ class DatasetDMGenerateClient(_Client):
         out = self._infer(inputs)
         depth = out.get("depth")
         return [
-            Generation(out["class_map"][i], out["class_scores"][i], None if depth is None else depth[i, 0],
-                       seed=int(seed), image=out["image"][i])
+            Generation(
+                out["class_map"][i],
+                out["class_scores"][i],
+                None if depth is None else depth[i, 0],
+                seed=int(seed),
+                image=out["image"][i],
+            )
             for i, seed in enumerate(seeds)
         ]
 

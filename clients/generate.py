@@ -30,18 +30,33 @@ class GenerateResult:
     failed: dict[int, str] = field(default_factory=dict)
 
 
-def generate_dataset(client: DatasetDMGenerateClient, dataset: Dataset, seeds: list[int], batch: int,
-                     progress: bool = True) -> GenerateResult:
+def generate_dataset(
+    client: DatasetDMGenerateClient, dataset: Dataset, seeds: list[int], batch: int, progress: bool = True
+) -> GenerateResult:
     spec = dataset.spec
     pending = dataset.pending(seeds)
     result = GenerateResult(skipped=[seed for seed in seeds if seed not in pending])
 
     def request(group: list[int]):
-        return client.generate(spec.prompt, spec.classes, group, steps=spec.steps, guidance=spec.guidance,
-                               negative_prompt=spec.negative_prompt, height=spec.height, width=spec.width)
+        return client.generate(
+            spec.prompt,
+            spec.classes,
+            group,
+            steps=spec.steps,
+            guidance=spec.guidance,
+            negative_prompt=spec.negative_prompt,
+            height=spec.height,
+            width=spec.width,
+        )
 
-    with tqdm(total=len(seeds), initial=len(result.skipped), unit="image", disable=not progress,
-              desc="generating", file=sys.stderr) as bar:
+    with tqdm(
+        total=len(seeds),
+        initial=len(result.skipped),
+        unit="image",
+        disable=not progress,
+        desc="generating",
+        file=sys.stderr,
+    ) as bar:
         for start in range(0, len(pending), batch):
             group = pending[start : start + batch]
             try:
@@ -67,13 +82,23 @@ def generate_command(args: argparse.Namespace) -> int:
         raise ClientError("--count and --batch must be at least 1")
     classes = csv(args.classes)
     with DatasetDMGenerateClient(args.url) as client:
-        spec = RunSpec(args.prompt, classes, args.steps, args.guidance, args.negative_prompt, args.height, args.width,
-                       models=client.model_versions())
+        spec = RunSpec(
+            args.prompt,
+            classes,
+            args.steps,
+            args.guidance,
+            args.negative_prompt,
+            args.height,
+            args.width,
+            models=client.model_versions(),
+        )
         dataset = Dataset(args.out, spec)
         seeds = list(range(args.seed, args.seed + args.count))
         result = generate_dataset(client, dataset, seeds, args.batch)
-    print(f"{len(result.written)} images written, {len(result.skipped)} already there, {len(result.failed)} failed "
-          f"-> {args.out} (Image/, Mask/, Preview/, manifest.jsonl)")
+    print(
+        f"{len(result.written)} images written, {len(result.skipped)} already there, {len(result.failed)} failed "
+        f"-> {args.out} (Image/, Mask/, Preview/, manifest.jsonl)"
+    )
     for seed, error in result.failed.items():
         print(f"  seed {seed}: {error}", file=sys.stderr)
     return 1 if result.failed else 0

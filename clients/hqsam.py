@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from perceptserve.model_repository import hqsam as api
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.hqsam.prompts import as_prompt_batch
 from perceptserve.imaging import encode_png
-from perceptserve.model_repository import hqsam as api
 
 from .errors import ClientError
 
@@ -50,8 +50,16 @@ def _input(module, name: str, array: np.ndarray, dtype: str):
     return tensor
 
 
-def build_inputs(module, image: bytes, point_coords=None, point_labels=None, box=None, mask_input=None,
-                 multimask_output: bool = False, hq_token_only: bool = False):
+def build_inputs(
+    module,
+    image: bytes,
+    point_coords=None,
+    point_labels=None,
+    box=None,
+    mask_input=None,
+    multimask_output: bool = False,
+    hq_token_only: bool = False,
+):
     """The `hqsam` ensemble's inputs (see README, "The hqsam API"); `module` is
     `tritonclient.grpc` or its `aio` twin. Returns (inputs, single)."""
     batch = as_prompt_batch(point_coords, point_labels, box, mask_input)
@@ -86,7 +94,9 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 class HQSamClient:
-    def __init__(self, url: str = "127.0.0.1:8001", model_name: str = api.ENSEMBLE, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", model_name: str = api.ENSEMBLE, timeout_s: float | None = None
+    ) -> None:
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -101,13 +111,21 @@ class HQSamClient:
         """Take an already encoded PNG / JPEG / WebP file as it is."""
         self._image = bytes(data)
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                multimask_output: bool = False, hq_token_only: bool = False):
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = False,
+        hq_token_only: bool = False,
+    ):
         """(masks, scores, low_res_logits), as `SamPredictor.predict` returns them."""
         if self._image is None:
             raise ClientError("call set_image before predict")
-        inputs, single = build_inputs(grpcclient, self._image, point_coords, point_labels, box, mask_input,
-                                      multimask_output, hq_token_only)
+        inputs, single = build_inputs(
+            grpcclient, self._image, point_coords, point_labels, box, mask_input, multimask_output, hq_token_only
+        )
         return self._infer(inputs).as_predictor_output(single)
 
     def segment(self, image: bytes, **prompts) -> Segmentation:
@@ -117,8 +135,12 @@ class HQSamClient:
 
     def _infer(self, inputs) -> Segmentation:
         try:
-            response = self._client.infer(self.model_name, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
-                                          client_timeout=self.timeout_s)
+            response = self._client.infer(
+                self.model_name,
+                inputs,
+                outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
+                client_timeout=self.timeout_s,
+            )
         except InferenceServerException as exc:
             raise _to_client_error(exc) from None
         return _result(response)
@@ -126,7 +148,7 @@ class HQSamClient:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "HQSamClient":
+    def __enter__(self) -> HQSamClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -136,7 +158,9 @@ class HQSamClient:
 class AsyncHQSamClient:
     """asyncio variant: `await client.segment(image_bytes, point_coords=..., ...)`."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", model_name: str = api.ENSEMBLE, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", model_name: str = api.ENSEMBLE, timeout_s: float | None = None
+    ) -> None:
         self.model_name = model_name
         self.timeout_s = timeout_s
         self._client = aioclient.InferenceServerClient(url)
@@ -144,9 +168,12 @@ class AsyncHQSamClient:
     async def segment(self, image: bytes, **prompts) -> Segmentation:
         inputs, _ = build_inputs(aioclient, image, **prompts)
         try:
-            response = await self._client.infer(self.model_name, inputs,
-                                                 outputs=[aioclient.InferRequestedOutput(n) for n in OUTPUTS],
-                                                 client_timeout=self.timeout_s)
+            response = await self._client.infer(
+                self.model_name,
+                inputs,
+                outputs=[aioclient.InferRequestedOutput(n) for n in OUTPUTS],
+                client_timeout=self.timeout_s,
+            )
         except InferenceServerException as exc:
             raise _to_client_error(exc) from None
         return _result(response)

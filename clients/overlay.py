@@ -9,7 +9,9 @@ MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)  # the official noteboo
 POINT_COLOURS = {1: (0, 200, 0), 0: (230, 0, 0)}
 
 
-def draw_overlay(image: np.ndarray, mask: np.ndarray, points=None, labels=None, box=None, alpha: float = 0.55) -> Image.Image:
+def draw_overlay(
+    image: np.ndarray, mask: np.ndarray, points=None, labels=None, box=None, alpha: float = 0.55
+) -> Image.Image:
     """HWC uint8 RGB photo + [H, W] bool mask -> RGB picture."""
     tinted = image.astype(np.float32)
     tinted[mask] = (1 - alpha) * tinted[mask] + alpha * MASK_COLOUR
@@ -17,9 +19,11 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray, points=None, labels=None, 
     draw = ImageDraw.Draw(picture)
     radius = max(4, round(max(image.shape[:2]) / 100))
     if points is not None:
-        for (x, y), label in zip(np.asarray(points).reshape(-1, 2), np.asarray(labels).reshape(-1)):
+        for (x, y), label in zip(np.asarray(points).reshape(-1, 2), np.asarray(labels).reshape(-1), strict=True):
             colour = POINT_COLOURS.get(int(label), (255, 255, 0))
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline=(255, 255, 255), width=2)
+            draw.ellipse(
+                [x - radius, y - radius, x + radius, y + radius], fill=colour, outline=(255, 255, 255), width=2
+            )
     if box is not None:
         draw.rectangle(np.asarray(box, dtype=float).reshape(4).tolist(), outline=(0, 255, 0), width=max(2, radius // 2))
     return picture

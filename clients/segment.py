@@ -48,16 +48,28 @@ def parse_prompt(points: list[str], box: str | None) -> Prompt:
     )
 
 
-def segment_file(client: HQSamClient, image_path: Path, prompt: Prompt, multimask: bool, hq_token_only: bool,
-                 out: Path, overlay: Path | None = None) -> np.ndarray:
+def segment_file(
+    client: HQSamClient,
+    image_path: Path,
+    prompt: Prompt,
+    multimask: bool,
+    hq_token_only: bool,
+    out: Path,
+    overlay: Path | None = None,
+) -> np.ndarray:
     """Send the file as it is, write the mask (and overlay); return the mask."""
     try:
         data = image_path.read_bytes()
     except OSError as exc:
         raise ClientError(f"cannot read {image_path}: {exc.strerror}") from None
     client.set_image_bytes(data)
-    masks, _, _ = client.predict(point_coords=prompt.points, point_labels=prompt.labels, box=prompt.box,
-                                 multimask_output=multimask, hq_token_only=hq_token_only)
+    masks, _, _ = client.predict(
+        point_coords=prompt.points,
+        point_labels=prompt.labels,
+        box=prompt.box,
+        multimask_output=multimask,
+        hq_token_only=hq_token_only,
+    )
     mask = masks[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     save_mask(mask, out)
@@ -75,6 +87,8 @@ def segment_command(args: argparse.Namespace) -> int:
     prompt = parse_prompt(args.point, args.box)
     with HQSamClient(args.url) as client:
         mask = segment_file(client, args.image, prompt, args.multimask, args.hq_token_only, args.out, args.overlay)
-    print(f"mask {mask.shape[1]}x{mask.shape[0]}, {int(mask.sum())} pixels set -> {args.out}"
-          + (f"; overlay -> {args.overlay}" if args.overlay else ""))
+    print(
+        f"mask {mask.shape[1]}x{mask.shape[0]}, {int(mask.sum())} pixels set -> {args.out}"
+        + (f"; overlay -> {args.overlay}" if args.overlay else "")
+    )
     return 0

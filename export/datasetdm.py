@@ -13,12 +13,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
+from perceptserve.model_repository import datasetdm as names
+from perceptserve.model_repository import datasetdm_serving as serving
+from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
+from perceptserve.model_repository.writer import version_dir, write_models
 from skimage import data as sample_images
 from skimage.transform import resize as resize_image
 
@@ -28,10 +32,6 @@ from perceptserve.datasetdm.features import GROUPS, TASKS, FeatureExtractor
 from perceptserve.datasetdm.semantic_decoder import SemanticConfig, SemanticDecoder
 from perceptserve.datasetdm.source import Diffusion, load
 from perceptserve.errors import UserError
-from perceptserve.model_repository import datasetdm as names
-from perceptserve.model_repository import datasetdm_serving as serving
-from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
-from perceptserve.model_repository.writer import version_dir, write_models
 from perceptserve.settings import Settings
 
 from . import datasetdm_parity as parity
@@ -245,7 +245,9 @@ def copy_serving_assets(source: Path, repository: Path) -> None:
                 raise ExportError(f"{source} has no {asset}/ folder")
 
 
-def write_repository(job: DatasetDMExport, diffusion: Diffusion, shapes: names.ExportedShapes, settings: Settings) -> None:
+def write_repository(
+    job: DatasetDMExport, diffusion: Diffusion, shapes: names.ExportedShapes, settings: Settings
+) -> None:
     """Configs of the exported models, then the serving models (annotate ensemble, generate),
     which need the semantic decoder."""
     default_side = diffusion.unet.config.sample_size * diffusion.vae_scale

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-
-from perceptserve.datasetdm.features import GROUPS, FeatureExtractor
-from perceptserve.datasetdm.source import Diffusion
 from perceptserve.model_repository import datasetdm as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import version_dir
+
+from perceptserve.datasetdm.features import GROUPS, FeatureExtractor
+from perceptserve.datasetdm.source import Diffusion
 
 MIB = 1 << 20
 
@@ -35,7 +35,7 @@ class Tolerance:
     agreement: float  # fraction of equal class-map pixels
 
     @classmethod
-    def for_precision(cls, precision: str) -> "Tolerance":
+    def for_precision(cls, precision: str) -> Tolerance:
         return cls(1e-3, 1e-2, 0.999) if precision == "fp32" else cls(5e-2, 1e-1, 0.97)
 
 
@@ -110,7 +110,7 @@ class OnnxModels:
     def __call__(self, model: str, **feeds: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
         session = self.sessions[model]
         arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()}
-        return dict(zip([o.name for o in session.get_outputs()], session.run(None, arrays)))
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, arrays), strict=True))
 
 
 @torch.no_grad()
@@ -155,14 +155,18 @@ def check(
     report.add(f"UNet: noise_pred, doubled batch {2 * batch}", ours, noise.numpy())
 
     features = onnx(names.FEATURES, latents=latents, timestep=timestep, text_embeddings=text, uncond_embeddings=uncond)
-    report.add("feature extractor: noise_pred_uncond (vs the UNet)", features["noise_pred_uncond"], noise[:batch].numpy())
+    report.add(
+        "feature extractor: noise_pred_uncond (vs the UNet)", features["noise_pred_uncond"], noise[:batch].numpy()
+    )
     report.add("feature extractor: noise_pred_text (vs the UNet)", features["noise_pred_text"], noise[batch:].numpy())
     captured = extractor.capture(latents, timestep, text, uncond)
     raw = [captured.group(extractor.layout, group) for group in GROUPS]
     for task, decoder in decoders.items():
-        for group, tensor, weight in zip(GROUPS, raw, decoder.projection_weights()):
+        for group, tensor, weight in zip(GROUPS, raw, decoder.projection_weights(), strict=True):
             reference = torch.nn.functional.conv2d(tensor, weight).numpy()
-            report.add(f"feature extractor: {task}_{group} (vs raw group x 1x1 conv)", features[f"{task}_{group}"], reference)
+            report.add(
+                f"feature extractor: {task}_{group} (vs raw group x 1x1 conv)", features[f"{task}_{group}"], reference
+            )
 
     projected = {task: {group: features[f"{task}_{group}"] for group in GROUPS} for task in decoders}
     if "semantic" in decoders:

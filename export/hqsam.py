@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from perceptserve.model_repository import hqsam as names
+from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
+from perceptserve.model_repository.writer import version_dir, write_models
 from skimage import data as sample_images
 
 from perceptserve.hqsam import checkpoint, registry
 from perceptserve.hqsam.export_modules import ImageEncoder, PromptDecoder
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
-from perceptserve.model_repository import hqsam as names
-from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
-from perceptserve.model_repository.writer import version_dir, write_models
 from perceptserve.settings import Settings
 
 from . import onnx_io, parity, tensorrt
@@ -100,7 +100,9 @@ def run(job: HQSamExport, settings: Settings) -> parity.ParityReport:
     if job.tensorrt:
         tensorrt.require_tensorrt()  # fail before minutes of export, not after
     steps = Steps(total=5 + (job.precision == "fp16") + job.tensorrt)
-    with steps.step("loading the official model" + (f" from {job.checkpoint}" if job.checkpoint else " (random weights)")):
+    with steps.step(
+        "loading the official model" + (f" from {job.checkpoint}" if job.checkpoint else " (random weights)")
+    ):
         sam = load_model(job)
     onnx_paths = {
         names.ENCODER: version_dir(job.repository, names.ENCODER) / ONNX_FILE,

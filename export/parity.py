@@ -12,8 +12,8 @@ from itertools import product
 
 import numpy as np
 import torch
-from perceptserve.hqsam.official import Sam, SamPredictor
 
+from perceptserve.hqsam.official import Sam, SamPredictor
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 
 
@@ -23,7 +23,7 @@ class Tolerance:
     mask_iou: float
 
     @classmethod
-    def for_precision(cls, precision: str) -> "Tolerance":
+    def for_precision(cls, precision: str) -> Tolerance:
         return cls(1e-3, 0.99) if precision == "fp32" else cls(5e-2, 0.95)
 
 
@@ -92,7 +92,9 @@ def check(sam: Sam, ours: OnnxPredictor, image: np.ndarray, precision: str = "fp
     report.add("image_embeddings [1, 256, 64, 64]", ours.features[0], reference.features.numpy())
     report.add("hq_features [1, 32, 256, 256]", ours.features[1], reference_hq_features(sam, reference))
     worst: dict[str, tuple[float, float]] = {}
-    for (name, prompt), multimask, hq_only in product(prompt_cases(*image.shape[:2]).items(), (False, True), (False, True)):
+    for (name, prompt), multimask, hq_only in product(
+        prompt_cases(*image.shape[:2]).items(), (False, True), (False, True)
+    ):
         ref_masks, ref_scores, ref_low = reference.predict(**prompt, multimask_output=multimask, hq_token_only=hq_only)
         masks, scores, low = ours.predict(**prompt, multimask_output=multimask, hq_token_only=hq_only)
         report.ious.append((f"{name}, multimask={multimask}, hq_token_only={hq_only}", mask_iou(masks, ref_masks)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class Steps:
@@ -21,4 +21,8 @@ class Steps:
         print(f"[{self.done}/{self.total}] {title} ...", file=self.stream, flush=True)
         start = time.perf_counter()
         yield
-        print(f"[{self.done}/{self.total}] {title}: done in {time.perf_counter() - start:.1f} s", file=self.stream, flush=True)
+        print(
+            f"[{self.done}/{self.total}] {title}: done in {time.perf_counter() - start:.1f} s",
+            file=self.stream,
+            flush=True,
+        )

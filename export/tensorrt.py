@@ -32,7 +32,11 @@ def hqsam_profiles(max_batch_size: int, max_prompt_sets: int, max_points: int) -
     """
     encoder = Profile(
         {
-            "image": ((1, 1024, 1024, 3), (max(1, max_batch_size // 2), 1024, 1024, 3), (max_batch_size, 1024, 1024, 3)),
+            "image": (
+                (1, 1024, 1024, 3),
+                (max(1, max_batch_size // 2), 1024, 1024, 3),
+                (max_batch_size, 1024, 1024, 3),
+            ),
             "input_size": ((1, 2), (max(1, max_batch_size // 2), 2), (max_batch_size, 2)),
         }
     )
@@ -66,7 +70,9 @@ def require_tensorrt():
     return tensorrt
 
 
-def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, fp16: bool, workspace_bytes: int = 4 << 30) -> Path:
+def build_engine(
+    onnx_path: Path, plan_path: Path, profile: Profile, fp16: bool, workspace_bytes: int = 4 << 30
+) -> Path:
     """Parse `onnx_path`, build a serialized engine with `profile`, write it to `plan_path`."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)

@@ -86,22 +86,43 @@ def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]
         EnsembleStep(
             ANNOTATE_PREPROCESS,
             inputs={t.name: t.name for t in ANNOTATE_INPUTS},
-            outputs={name: name for name in ("vae_image", "input_ids", "uncond_ids", "class_ids", "noise_seed",
-                                             "timestep", "original_size")},
+            outputs={
+                name: name
+                for name in (
+                    "vae_image",
+                    "input_ids",
+                    "uncond_ids",
+                    "class_ids",
+                    "noise_seed",
+                    "timestep",
+                    "original_size",
+                )
+            },
         ),
         EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "input_ids"}, {"text_embeddings": "text_embeddings"}),
         EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "uncond_ids"}, {"text_embeddings": "uncond_embeddings"}),
         EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "class_ids"}, {"text_embeddings": "class_embeddings"}),
-        EnsembleStep(exported.VAE_ENCODER, {"image": "vae_image"}, {"latents": "clean_latents", "latents_std": "latents_std"}),
+        EnsembleStep(
+            exported.VAE_ENCODER, {"image": "vae_image"}, {"latents": "clean_latents", "latents_std": "latents_std"}
+        ),
         EnsembleStep(
             ANNOTATE_NOISE,
-            {"latents": "clean_latents", "latents_std": "latents_std", "noise_seed": "noise_seed", "timestep": "timestep"},
+            {
+                "latents": "clean_latents",
+                "latents_std": "latents_std",
+                "noise_seed": "noise_seed",
+                "timestep": "timestep",
+            },
             {"noisy_latents": "noisy_latents"},
         ),
         EnsembleStep(
             exported.FEATURES,
-            {"latents": "noisy_latents", "timestep": "timestep", "text_embeddings": "text_embeddings",
-             "uncond_embeddings": "uncond_embeddings"},
+            {
+                "latents": "noisy_latents",
+                "timestep": "timestep",
+                "text_embeddings": "text_embeddings",
+                "uncond_embeddings": "uncond_embeddings",
+            },
             groups,
         ),
     ]
@@ -153,7 +174,8 @@ def definitions(
                 Tensor("original_size", "INT64", (2,)),
             ),
             instances=serving.python_instances,
-            parameters=_limits(settings, serving.annotate_max_side) | {
+            parameters=_limits(settings, serving.annotate_max_side)
+            | {
                 "max_image_pixels": str(serving.max_image_pixels),
                 "annotation_timestep": str(serving.annotation_timestep),
             },
@@ -193,7 +215,8 @@ def definitions(
             inputs=GENERATE_INPUTS,
             outputs=generate_outputs(shapes.widths),
             instances=serving.generate_instances,
-            parameters=_limits(settings, serving.max_generate_side) | {
+            parameters=_limits(settings, serving.max_generate_side)
+            | {
                 "default_side": str(default_side),
                 "text_width": str(width),
                 "latent_channels": str(shapes.latent_channels),

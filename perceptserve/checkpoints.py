@@ -51,7 +51,7 @@ def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, tor
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{what} {path} does not hold a state_dict of tensors")
     if state and all(key.startswith(DATA_PARALLEL_PREFIX) for key in state):
-        state = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in state.items()}
+        state = {key[len(DATA_PARALLEL_PREFIX) :]: value for key, value in state.items()}
     return state
 
 
@@ -64,7 +64,7 @@ class Mismatch:
     wrong_shape: list[str]  # "key (checkpoint shape) != (model shape)"
 
     @classmethod
-    def between(cls, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> "Mismatch":
+    def between(cls, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Mismatch:
         expected = model.state_dict()
         return cls(
             missing=[k for k in expected if k not in state],

@@ -99,8 +99,9 @@ def cmd_demo_datasetdm(args: argparse.Namespace) -> int:
 def cmd_bench_datasetdm(args: argparse.Namespace) -> int:
     from perceptserve.benchmarks.datasetdm import DatasetDMBench, run
 
-    job = DatasetDMBench(out=args.out, repository=args.repository, images=args.images, steps=args.steps,
-                         side=args.side, batch=args.batch)
+    job = DatasetDMBench(
+        out=args.out, repository=args.repository, images=args.images, steps=args.steps, side=args.side, batch=args.batch
+    )
     run(job, settings_module.from_env())
     print(f"results written to {args.out}/results.json and results.md")
     return 0
@@ -169,17 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     hqsam.add_argument("--repository", type=Path, required=True, help="model repository folder")
     hqsam.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     hqsam.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU + tensorrt)")
-    hqsam.add_argument("--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)")
+    hqsam.add_argument(
+        "--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)"
+    )
     hqsam.set_defaults(func=cmd_export_hqsam)
     datasetdm = families.add_parser("datasetdm", help="DatasetDM: SD 1.x parts, feature extractor, P-Decoders to ONNX")
     diffusion = datasetdm.add_mutually_exclusive_group(required=True)
-    diffusion.add_argument("--diffusion", type=Path, metavar="DIR", help="Stable Diffusion 1.x folder (diffusers format)")
     diffusion.add_argument(
-        "--tiny-random", nargs="?", const="", metavar="DIR",
+        "--diffusion", type=Path, metavar="DIR", help="Stable Diffusion 1.x folder (diffusers format)"
+    )
+    diffusion.add_argument(
+        "--tiny-random",
+        nargs="?",
+        const="",
+        metavar="DIR",
         help="build a tiny random SD 1.x pipeline into DIR/source/ (default DIR: <repository>-tiny-random)",
     )
     decoder = datasetdm.add_mutually_exclusive_group(required=True)
-    decoder.add_argument("--decoder", action="append", metavar="[TASK=]PATH", help="DatasetDM decoder checkpoint; TASK=PATH per task with several tasks")
+    decoder.add_argument(
+        "--decoder",
+        action="append",
+        metavar="[TASK=]PATH",
+        help="DatasetDM decoder checkpoint; TASK=PATH per task with several tasks",
+    )
     decoder.add_argument("--random-init", action="store_true", help="random decoder weights (tests, demos)")
     datasetdm.add_argument("--tasks", required=True, metavar="semantic[,depth]", help="the P-Decoders to export")
     datasetdm.add_argument("--repository", type=Path, required=True, help="model repository folder")
@@ -199,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser("segment", help="segment an image with HQ-SAM over gRPC")
     segment.add_argument("image", type=Path)
-    segment.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]", help="repeatable; LABEL 1 (default) or 0")
+    segment.add_argument(
+        "--point", action="append", default=[], metavar="X,Y[,LABEL]", help="repeatable; LABEL 1 (default) or 0"
+    )
     segment.add_argument("--box", metavar="X0,Y0,X1,Y1")
     segment.add_argument("--multimask", action="store_true")
     segment.add_argument("--hq-token-only", action="store_true")
@@ -236,28 +251,49 @@ def build_parser() -> argparse.ArgumentParser:
     bench_families = bench.add_subparsers(dest="family", required=True)
     bench_hqsam = bench_families.add_parser("hqsam", help="HQ-SAM: encoder, prompt and full-request latency")
     _add_hqsam_model_arguments(bench_hqsam)
-    bench_hqsam.add_argument("--modes", help="comma-separated among eager, onnxruntime, onnxruntime-int8, triton, torch-fp16 "
-                             "(default: eager,onnxruntime,triton, plus torch-fp16 on a GPU)")
-    bench_hqsam.add_argument("--concurrency", default="1,2,4", help="concurrent requests for the triton mode (default 1,2,4)")
+    bench_hqsam.add_argument(
+        "--modes",
+        help="comma-separated among eager, onnxruntime, onnxruntime-int8, triton, torch-fp16 "
+        "(default: eager,onnxruntime,triton, plus torch-fp16 on a GPU)",
+    )
+    bench_hqsam.add_argument(
+        "--concurrency", default="1,2,4", help="concurrent requests for the triton mode (default 1,2,4)"
+    )
     bench_hqsam.add_argument("--requests", type=int, default=10, help="timed requests per mode, stage and concurrency")
     bench_hqsam.add_argument("--warmup", type=int, default=1, help="untimed requests before each timed run")
     bench_server = bench_hqsam.add_mutually_exclusive_group()
     bench_server.add_argument("--url", help="gRPC HOST:PORT of a running `perceptserve serve`")
     bench_server.add_argument("--start-server", action="store_true", help="start the bundled tritonserver for the run")
-    bench_hqsam.add_argument("--out", type=Path, default=Path("bench-output"),
-                             help="folder for results.json, results.md, latency.png")
-    bench_hqsam.add_argument("--repository", type=Path,
-                             help="an exported repository to reuse (default: export to OUT/repository)")
-    bench_hqsam.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
-    bench_hqsam.add_argument("--ort-optimization", choices=["disable", "basic", "extended", "all"], default="all",
-                             help="ONNX Runtime graph optimisation level")
-    bench_hqsam.add_argument("--perf-analyzer-data", type=Path, metavar="FILE",
-                             help="also write perf_analyzer's input data for the hqsam ensemble (see benchmarks/README.md)")
+    bench_hqsam.add_argument(
+        "--out", type=Path, default=Path("bench-output"), help="folder for results.json, results.md, latency.png"
+    )
+    bench_hqsam.add_argument(
+        "--repository", type=Path, help="an exported repository to reuse (default: export to OUT/repository)"
+    )
+    bench_hqsam.add_argument(
+        "--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)"
+    )
+    bench_hqsam.add_argument(
+        "--ort-optimization",
+        choices=["disable", "basic", "extended", "all"],
+        default="all",
+        help="ONNX Runtime graph optimisation level",
+    )
+    bench_hqsam.add_argument(
+        "--perf-analyzer-data",
+        type=Path,
+        metavar="FILE",
+        help="also write perf_analyzer's input data for the hqsam ensemble (see benchmarks/README.md)",
+    )
     bench_hqsam.set_defaults(func=cmd_bench_hqsam)
     bench_datasetdm = bench_families.add_parser(
-        "datasetdm", help="DatasetDM: seconds per annotated image, served vs eager diffusers + P-Decoder")
-    bench_datasetdm.add_argument("--repository", type=Path,
-                                 help="an exported tiny-random repository to reuse (default: export to OUT/repository)")
+        "datasetdm", help="DatasetDM: seconds per annotated image, served vs eager diffusers + P-Decoder"
+    )
+    bench_datasetdm.add_argument(
+        "--repository",
+        type=Path,
+        help="an exported tiny-random repository to reuse (default: export to OUT/repository)",
+    )
     bench_datasetdm.add_argument("--images", type=int, default=4, help="timed images per mode and use")
     bench_datasetdm.add_argument("--steps", type=int, default=20, help="denoising steps per generated image")
     bench_datasetdm.add_argument("--side", type=int, default=128, help="image side (a multiple of 64)")
@@ -273,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     demo_datasetdm = commands.add_parser(
-        "demo-datasetdm", help="tiny DatasetDM: export, serve, generate a few annotated images, annotate a photo")
+        "demo-datasetdm", help="tiny DatasetDM: export, serve, generate a few annotated images, annotate a photo"
+    )
     demo_datasetdm.add_argument("--repository", type=Path, default=Path("repository-datasetdm"))
     demo_datasetdm.add_argument("--out", type=Path, default=Path("demo-output/datasetdm"))
     demo_datasetdm.set_defaults(func=cmd_demo_datasetdm)

@@ -34,7 +34,9 @@ def run_demo(args: argparse.Namespace) -> int:
     with TritonServer(args.repository, "cpu", settings.server, log_file=args.out / "tritonserver.log") as server:
         print(f"server ready: gRPC {server.grpc_url}")
         with DatasetDMGenerateClient(server.grpc_url) as client:
-            spec = RunSpec(PROMPT, CLASSES, steps=10, guidance=7.5, height=128, width=128, models=client.model_versions())
+            spec = RunSpec(
+                PROMPT, CLASSES, steps=10, guidance=7.5, height=128, width=128, models=client.model_versions()
+            )
             dataset = Dataset(args.out / "dataset", spec)
             result = generate_dataset(client, dataset, seeds=[0, 1, 2, 3], batch=2)
         print(f"generated {len(result.written)} annotated images ({len(result.skipped)} already there)")
@@ -42,8 +44,14 @@ def run_demo(args: argparse.Namespace) -> int:
             annotation, paths = annotate_file(client, photo, "a photo of a cat", ["cat"], args.out / "annotate")
         print(f"annotated {photo}: cat score {annotation.class_scores[0]:.2f}")
     print("server stopped. Files:")
-    for path in [args.out / "dataset" / "manifest.jsonl", args.out / "dataset" / "Image",
-                 args.out / "dataset" / "Mask", args.out / "dataset" / "Depth", args.out / "dataset" / "Preview",
-                 *paths, args.out / "tritonserver.log"]:
+    for path in [
+        args.out / "dataset" / "manifest.jsonl",
+        args.out / "dataset" / "Image",
+        args.out / "dataset" / "Mask",
+        args.out / "dataset" / "Depth",
+        args.out / "dataset" / "Preview",
+        *paths,
+        args.out / "tritonserver.log",
+    ]:
         print(f"  {path}")
     return 0 if not result.failed else 1

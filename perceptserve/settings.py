@@ -140,11 +140,18 @@ class Settings:
 ENV_OVERRIDES = {
     "PERCEPTSERVE_MAX_IMAGE_PIXELS": ("hqsam", "max_image_pixels", int),
     "PERCEPTSERVE_ORT_THREADS": ("cpu_onnxruntime", "threads", int),
-    "PERCEPTSERVE_ORT_SPINNING": ("cpu_onnxruntime", "allow_spinning", lambda value: value.lower() in ("1", "true", "yes")),
+    "PERCEPTSERVE_ORT_SPINNING": (
+        "cpu_onnxruntime",
+        "allow_spinning",
+        lambda value: value.lower() in ("1", "true", "yes"),
+    ),
     "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
     "PERCEPTSERVE_API_KEY": ("server", "api_key", str),
-    "PERCEPTSERVE_DATASETDM_CLASSES": ("datasetdm", "class_vocabulary", lambda text: tuple(
-        name.strip() for name in text.split(",") if name.strip())),
+    "PERCEPTSERVE_DATASETDM_CLASSES": (
+        "datasetdm",
+        "class_vocabulary",
+        lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+    ),
 }
 
 

@@ -40,7 +40,7 @@ class BundledTriton:
     libraries: Path
 
     @classmethod
-    def locate(cls) -> "BundledTriton":
+    def locate(cls) -> BundledTriton:
         try:
             import pytriton
         except ImportError:
@@ -72,17 +72,25 @@ def _python_backend_folder(root: Path) -> Path:
 def _reason(log: str) -> str:
     """The most telling error line of a failed start, without Triton's log prefix."""
     errors = [line for line in log.splitlines() if re.match(r"^E\d{4} ", line) or line.startswith("error:")]
-    errors = [e for e in errors if "NVML" not in e and "DCGM" not in e and "CUDA driver" not in e and "stream for" not in e]
+    errors = [
+        e for e in errors if "NVML" not in e and "DCGM" not in e and "CUDA driver" not in e and "stream for" not in e
+    ]
     if not errors:
         return "tritonserver exited during start-up"
     naming_a_model = [e for e in errors if "failed to load '" in e]
     line = (naming_a_model or errors)[0 if naming_a_model else -1]
-    line = re.sub(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ', "", line).strip().strip('"')
+    line = re.sub(r"^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ", "", line).strip().strip('"')
     return line.split("\\n")[0].replace('\\"', '"')  # the log escapes newlines; keep the first line
 
 
 class TritonServer:
-    def __init__(self, repository: Path, config: str = "cpu", settings: ServerSettings | None = None, log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        config: str = "cpu",
+        settings: ServerSettings | None = None,
+        log_file: Path | None = None,
+    ) -> None:
         self.repository = Path(repository).resolve()
         self.config = config
         self.settings = settings or ServerSettings()
@@ -154,7 +162,7 @@ class TritonServer:
                 except OSError:
                     raise ServerError(f"the {role} port {port} on {s.host} is already in use") from None
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         self._check_repository()
         self._check_ports()
         triton = BundledTriton.locate()
@@ -186,7 +194,7 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout: float | None = None) -> "TritonServer":
+    def wait_ready(self, timeout: float | None = None) -> TritonServer:
         deadline = time.monotonic() + (timeout or self.settings.startup_timeout_s)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -196,7 +204,10 @@ class TritonServer:
                 return self
             time.sleep(0.25)
         self.stop()
-        raise ServerError(f"tritonserver was not ready within {timeout or self.settings.startup_timeout_s:.0f} s (log: {self.log_file})")
+        raise ServerError(
+            f"tritonserver was not ready within {timeout or self.settings.startup_timeout_s:.0f} s "
+            f"(log: {self.log_file})"
+        )
 
     def stop(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
@@ -208,7 +219,7 @@ class TritonServer:
             self.process.kill()
             return self.process.wait()
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         try:
             return self.start().wait_ready()
         except BaseException:
@@ -283,7 +294,9 @@ def in_flight(metrics_text: str, entries: dict[str, str]) -> int:
             values[key] = values.get(key, 0.0) + float(match.group(3))
 
     def completed(model: str) -> float:
-        return values.get(("nv_inference_request_success", model), 0.0) + values.get(("nv_inference_request_failure", model), 0.0)
+        return values.get(("nv_inference_request_success", model), 0.0) + values.get(
+            ("nv_inference_request_failure", model), 0.0
+        )
 
     queued = sum(v for (name, _), v in values.items() if name == "nv_inference_pending_request_count")
     between_steps = sum(max(completed(first) - completed(ensemble), 0.0) for ensemble, first in entries.items())
@@ -354,8 +367,15 @@ def serve_forever(repository: Path, config: str, settings: ServerSettings, log_f
             return server.process.wait()
         if restart == settings.stub_restart_limit:
             break
-        print(f"python-backend stub {dead} died; restarting tritonserver "
-              f"({restart + 1} of {settings.stub_restart_limit} restarts)", file=sys.stderr, flush=True)
+        print(
+            f"python-backend stub {dead} died; restarting tritonserver "
+            f"({restart + 1} of {settings.stub_restart_limit} restarts)",
+            file=sys.stderr,
+            flush=True,
+        )
         server.stop()
     server.stop()
-    raise ServerError(f"python-backend stubs kept dying: gave up after {settings.stub_restart_limit} restarts (log: {server.log_file})")
+    raise ServerError(
+        f"python-backend stubs kept dying: gave up after {settings.stub_restart_limit} restarts "
+        f"(log: {server.log_file})"
+    )

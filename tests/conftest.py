@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from perceptserve.export.hqsam import HQSamExport, load_model, run
+from perceptserve.server.launcher import TritonServer
 from skimage import data as sample_images
 
-from perceptserve.export.hqsam import HQSamExport, load_model, run
 from perceptserve.hqsam.registry import ViTConfig
-from perceptserve.server.launcher import TritonServer
 from perceptserve.settings import ServerSettings, Settings
 
 from .datasetdm_fixtures import tiny_export  # noqa: F401  (one session fixture for every DatasetDM test file)
@@ -94,5 +94,7 @@ def official_batched(sam, image: np.ndarray, points=None, labels=None, boxes=Non
     label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.int)
     box_tensor = None if boxes is None else torch.as_tensor(transform.apply_boxes(boxes, size), dtype=torch.float)
     with torch.no_grad():
-        outputs = predictor.predict_torch(coords, label_tensor, box_tensor, multimask_output=multimask, hq_token_only=hq_only)
+        outputs = predictor.predict_torch(
+            coords, label_tensor, box_tensor, multimask_output=multimask, hq_token_only=hq_only
+        )
     return [o.numpy() for o in outputs]

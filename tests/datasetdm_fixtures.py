@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from perceptserve.export.datasetdm import DatasetDMExport, Models, prepare, run
+from perceptserve.export.datasetdm_parity import ParityReport
 
 from perceptserve.datasetdm.features import FeatureLayout
 from perceptserve.datasetdm.source import Diffusion, load
-from perceptserve.export.datasetdm import DatasetDMExport, Models, prepare, run
-from perceptserve.export.datasetdm_parity import ParityReport
 from perceptserve.settings import Settings
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -57,12 +57,14 @@ def segblock_shapes(prefix: str, in_channels: int, out_channels: int) -> dict[st
     if in_channels != out_channels:
         convs["conv_sc"] = (out_channels, in_channels, 1, 1)
     for name, shape in convs.items():
-        shapes.update({
-            f"{prefix}.{name}.weight": shape,
-            f"{prefix}.{name}.bias": (out_channels,),
-            f"{prefix}.{name}.u0": (1, out_channels),
-            f"{prefix}.{name}.sv0": (1,),
-        })
+        shapes.update(
+            {
+                f"{prefix}.{name}.weight": shape,
+                f"{prefix}.{name}.bias": (out_channels,),
+                f"{prefix}.{name}.u0": (1, out_channels),
+                f"{prefix}.{name}.sv0": (1,),
+            }
+        )
     for index, channels in ((1, in_channels), (2, out_channels)):
         shapes[f"{prefix}.stored_mean{index}"] = (channels,)
         shapes[f"{prefix}.stored_var{index}"] = (channels,)
@@ -78,43 +80,63 @@ def datasetdm_state_shapes(task: str, layout: FeatureLayout, config) -> dict[str
         shapes.update(segblock_shapes("mid_feature_mix_conv", 2 * w, 2 * w))
         shapes.update(segblock_shapes("high_feature_mix_conv", 3 * w, 3 * w))
         shapes.update(segblock_shapes("highest_feature_mix_conv", 4 * w, 4 * w))
-        shapes.update({
-            "last_layer_depth.0.weight": (4 * w, 4 * w, 3, 3),
-            "last_layer_depth.0.bias": (4 * w,),
-            "last_layer_depth.2.weight": (1, 4 * w, 3, 3),
-            "last_layer_depth.2.bias": (1,),
-        })
+        shapes.update(
+            {
+                "last_layer_depth.0.weight": (4 * w, 4 * w, 3, 3),
+                "last_layer_depth.0.bias": (4 * w,),
+                "last_layer_depth.2.weight": (1, 4 * w, 3, 3),
+                "last_layer_depth.2.bias": (1,),
+            }
+        )
         return shapes
     for group in ("mid", "high", "highest"):
         shapes.update(segblock_shapes(f"{group}_feature_mix_conv", 2 * w, w))
     q, c, f = config.num_queries, config.num_classes, config.dim_feedforward
-    shapes.update({
-        "query_feat.weight": (q, w),
-        "query_embed.weight": (q, w),
-        "query_feat_mlp.weight": (w, w + config.context_dim),
-        "query_embed_mlp.weight": (w, w + config.context_dim),
-        "decoder_norm.weight": (w,),
-        "decoder_norm.bias": (w,),
-        "level_embed.weight": (3, w),
-        "class_embed.weight": (c + 1, w),
-        "class_embed.bias": (c + 1,),
-    })
+    shapes.update(
+        {
+            "query_feat.weight": (q, w),
+            "query_embed.weight": (q, w),
+            "query_feat_mlp.weight": (w, w + config.context_dim),
+            "query_embed_mlp.weight": (w, w + config.context_dim),
+            "decoder_norm.weight": (w,),
+            "decoder_norm.bias": (w,),
+            "level_embed.weight": (3, w),
+            "class_embed.weight": (c + 1, w),
+            "class_embed.bias": (c + 1,),
+        }
+    )
     for index in range(3):
         shapes[f"mask_embed.layers.{index}.weight"] = (w, w)
         shapes[f"mask_embed.layers.{index}.bias"] = (w,)
     for layer in range(config.num_layers):
-        for prefix in (f"transformer_self_attention_layers.{layer}.self_attn", f"transformer_cross_attention_layers.{layer}.multihead_attn"):
-            shapes.update({
-                f"{prefix}.in_proj_weight": (3 * w, w),
-                f"{prefix}.in_proj_bias": (3 * w,),
-                f"{prefix}.out_proj.weight": (w, w),
-                f"{prefix}.out_proj.bias": (w,),
-            })
-        for prefix in (f"transformer_self_attention_layers.{layer}", f"transformer_cross_attention_layers.{layer}", f"transformer_ffn_layers.{layer}"):
+        for prefix in (
+            f"transformer_self_attention_layers.{layer}.self_attn",
+            f"transformer_cross_attention_layers.{layer}.multihead_attn",
+        ):
+            shapes.update(
+                {
+                    f"{prefix}.in_proj_weight": (3 * w, w),
+                    f"{prefix}.in_proj_bias": (3 * w,),
+                    f"{prefix}.out_proj.weight": (w, w),
+                    f"{prefix}.out_proj.bias": (w,),
+                }
+            )
+        for prefix in (
+            f"transformer_self_attention_layers.{layer}",
+            f"transformer_cross_attention_layers.{layer}",
+            f"transformer_ffn_layers.{layer}",
+        ):
             shapes[f"{prefix}.norm.weight"] = (w,)
             shapes[f"{prefix}.norm.bias"] = (w,)
         ffn = f"transformer_ffn_layers.{layer}"
-        shapes.update({f"{ffn}.linear1.weight": (f, w), f"{ffn}.linear1.bias": (f,), f"{ffn}.linear2.weight": (w, f), f"{ffn}.linear2.bias": (w,)})
+        shapes.update(
+            {
+                f"{ffn}.linear1.weight": (f, w),
+                f"{ffn}.linear1.bias": (f,),
+                f"{ffn}.linear2.weight": (w, f),
+                f"{ffn}.linear2.bias": (w,),
+            }
+        )
     return shapes
 
 
@@ -164,6 +186,7 @@ def hook_capture(unet, latents, timestep, text, uncond) -> tuple[dict[str, torch
             w = cond.shape[1] // h
             cond = cond.reshape(1, -1, h, w, cond.shape[-1])  # b c h w d
             maps[place, sizes[h]].append(cond.permute(0, 1, 4, 2, 3).reshape(1, -1, h, w))  # b (c d) h w
+
         return hook
 
     handles = [unet.conv_in.register_forward_hook(layer)]

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from perceptserve.benchmarks import targets
 from perceptserve.benchmarks.hqsam import BenchJob, run, run_mode
 from perceptserve.benchmarks.perf_analyzer import input_data
@@ -25,19 +24,42 @@ from perceptserve.benchmarks.statistics import LatencySummary, percentile, ratio
 from perceptserve.benchmarks.timing import Stage, measure, run_calls
 from perceptserve.benchmarks.triton_statistics import ModelStatistics, delta
 from perceptserve.benchmarks.workload import Workload, sample_photo
+
 from perceptserve.cli import main
 from perceptserve.settings import Settings
 
 from .conftest import SMALL_VIT
 
-RECORD_FIELDS = {"mode", "stage", "concurrency", "batch", "latency_ms", "requests", "wall_s", "throughput_images_per_s",
-                 "warmup", "server"}
+RECORD_FIELDS = {
+    "mode",
+    "stage",
+    "concurrency",
+    "batch",
+    "latency_ms",
+    "requests",
+    "wall_s",
+    "throughput_images_per_s",
+    "warmup",
+    "server",
+}
 LATENCY_FIELDS = {"mean_ms", "min_ms", "max_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms"}
-SPLIT_FIELDS = {"requests", "inference_count", "execution_count", "average_batch_size", "queue_ms", "compute_input_ms",
-                "compute_infer_ms", "compute_output_ms", "request_ms", "cache_hits", "cache_misses"}
+SPLIT_FIELDS = {
+    "requests",
+    "inference_count",
+    "execution_count",
+    "average_batch_size",
+    "queue_ms",
+    "compute_input_ms",
+    "compute_infer_ms",
+    "compute_output_ms",
+    "request_ms",
+    "cache_hits",
+    "cache_misses",
+}
 
 
 # --- statistics --------------------------------------------------------------------------------
+
 
 def test_percentiles_interpolate_between_ranks():
     values = [float(v) for v in range(1, 11)]  # 1..10
@@ -67,6 +89,7 @@ def test_ratio_is_none_when_a_side_is_missing():
 
 # --- Triton's statistics -----------------------------------------------------------------------
 
+
 def _stats(count, queue_ns, infer_ns, executions, hits=0, misses=0) -> dict:
     """A `get_inference_statistics(as_json=True)` answer as Triton 2.51 gives it: 64-bit counters
     as strings, zero counters left out, one entry per version."""
@@ -82,10 +105,20 @@ def _stats(count, queue_ns, infer_ns, executions, hits=0, misses=0) -> dict:
         stats["cache_hit"] = {"count": str(hits), "ns": "1000"}
     if misses:
         stats["cache_miss"] = {"count": str(misses), "ns": "2000"}
-    return {"model_stats": [{"name": "hqsam_encoder", "version": "1", "last_inference": "1700000000000",
-                             "inference_count": str(count), "execution_count": str(executions), "inference_stats": stats,
-                             "batch_stats": []},
-                            {"name": "other", "version": "1", "inference_count": "99"}]}
+    return {
+        "model_stats": [
+            {
+                "name": "hqsam_encoder",
+                "version": "1",
+                "last_inference": "1700000000000",
+                "inference_count": str(count),
+                "execution_count": str(executions),
+                "inference_stats": stats,
+                "batch_stats": [],
+            },
+            {"name": "other", "version": "1", "inference_count": "99"},
+        ]
+    }
 
 
 def test_statistics_delta_gives_the_runs_split():
@@ -110,6 +143,7 @@ def test_statistics_of_an_idle_model_have_no_means():
 
 # --- timing ------------------------------------------------------------------------------------
 
+
 def test_concurrent_calls_keep_at_most_n_in_flight():
     lock, in_flight, peak, seen = threading.Lock(), [0], [0], []
 
@@ -130,6 +164,7 @@ def test_concurrent_calls_keep_at_most_n_in_flight():
 def test_measure_reports_warmup_apart_and_snapshots_after_it():
     events = []
     stage = Stage("encoder", lambda n: list(range(n)), lambda item: events.append(("call", item)))
+
     def snapshot():
         events.append(("snapshot", None))
         return "counters"
@@ -151,15 +186,33 @@ def test_variants_are_new_images_to_the_encoder_cache():
 
 # --- targets and reports on recorded figures ----------------------------------------------------
 
+
 def _record(mode, stage, p50_s, concurrency=1, batch=1, server=None) -> Record:
     latencies = [p50_s * 0.9, p50_s, p50_s * 1.2]
-    return Record(mode, stage, concurrency, LatencySummary.from_seconds(latencies, sum(latencies) / concurrency, batch),
-                  warmup_ms=[p50_s * 2000.0], batch=batch, server=server)
+    return Record(
+        mode,
+        stage,
+        concurrency,
+        LatencySummary.from_seconds(latencies, sum(latencies) / concurrency, batch),
+        warmup_ms=[p50_s * 2000.0],
+        batch=batch,
+        server=server,
+    )
 
 
-SPLIT = {"requests": 3, "inference_count": 3, "execution_count": 2, "average_batch_size": 1.5, "queue_ms": 2.0,
-         "compute_input_ms": 1.0, "compute_infer_ms": 5200.0, "compute_output_ms": 3.0, "request_ms": 5300.0,
-         "cache_hits": 0, "cache_misses": 3}
+SPLIT = {
+    "requests": 3,
+    "inference_count": 3,
+    "execution_count": 2,
+    "average_batch_size": 1.5,
+    "queue_ms": 2.0,
+    "compute_input_ms": 1.0,
+    "compute_infer_ms": 5200.0,
+    "compute_output_ms": 3.0,
+    "request_ms": 5300.0,
+    "cache_hits": 0,
+    "cache_misses": 3,
+}
 
 
 def recorded_result(model_type="vit_b", gpu=None) -> BenchResult:
@@ -168,16 +221,42 @@ def recorded_result(model_type="vit_b", gpu=None) -> BenchResult:
         model_type=model_type,
         weights="random-init (seed 0)",
         command="perceptserve bench hqsam --model-type vit_b --random-init",
-        machine={"cpu_model": "AMD EPYC", "cores": 2, "usable_cores": 2, "memory_gib": 23.5, "load_average_1m": 0.4,
-                 "load_average_1m_end": 1.9, "platform": "Linux", "gpu": gpu},
-        versions={"python": "3.11.7", "torch": "2.14.1", "onnxruntime": "1.32.0", "segment_anything_hq": "0.3",
-                  "tritonserver": "2.51.0", "tritonclient": "2.73.0", "perceptserve": "0.1.0", "numpy": "1.26.4"},
-        options={"modes": ["eager", "onnxruntime", "triton"], "concurrency": [1, 2], "requests": 3, "warmup": 1,
-                 "image": "skimage coffee, 600x400", "onnxruntime": {"threads": 0, "graph_optimization_level": "all"},
-                 "server": "the server at 127.0.0.1:8001"},
+        machine={
+            "cpu_model": "AMD EPYC",
+            "cores": 2,
+            "usable_cores": 2,
+            "memory_gib": 23.5,
+            "load_average_1m": 0.4,
+            "load_average_1m_end": 1.9,
+            "platform": "Linux",
+            "gpu": gpu,
+        },
+        versions={
+            "python": "3.11.7",
+            "torch": "2.14.1",
+            "onnxruntime": "1.32.0",
+            "segment_anything_hq": "0.3",
+            "tritonserver": "2.51.0",
+            "tritonclient": "2.73.0",
+            "perceptserve": "0.1.0",
+            "numpy": "1.26.4",
+        },
+        options={
+            "modes": ["eager", "onnxruntime", "triton"],
+            "concurrency": [1, 2],
+            "requests": 3,
+            "warmup": 1,
+            "image": "skimage coffee, 600x400",
+            "onnxruntime": {"threads": 0, "graph_optimization_level": "all"},
+            "server": "the server at 127.0.0.1:8001",
+        },
         records=[
-            _record("eager", "encoder", 16.0), _record("eager", "prompt", 0.2), _record("eager", "request", 16.5),
-            _record("onnxruntime", "encoder", 8.0), _record("onnxruntime", "prompt", 0.1), _record("onnxruntime", "request", 8.2),
+            _record("eager", "encoder", 16.0),
+            _record("eager", "prompt", 0.2),
+            _record("eager", "request", 16.5),
+            _record("onnxruntime", "encoder", 8.0),
+            _record("onnxruntime", "prompt", 0.1),
+            _record("onnxruntime", "request", 8.2),
             _record("triton", "encoder", 8.4, server={"hqsam_encoder": SPLIT}),
             _record("triton", "prompt", 0.6, server={"hqsam_encoder": dict(SPLIT, cache_hits=3, cache_misses=0)}),
             _record("triton", "request", 9.0, server={"hqsam_encoder": SPLIT}),
@@ -209,11 +288,16 @@ def test_targets_note_another_model_and_missing_figures():
     result.records = [r for r in result.records if r.mode != "onnxruntime"]
     by_key = {v.target.key: v for v in targets.verdicts(result)}
     assert by_key["served_request_vs_eager"].note == "set for vit_b; indicative on vit_tiny"
-    assert by_key["served_encoder_overhead"].status == "not measured" and by_key["served_encoder_overhead"].measured is None
+    assert (
+        by_key["served_encoder_overhead"].status == "not measured"
+        and by_key["served_encoder_overhead"].measured is None
+    )
 
 
 def test_gpu_targets_only_with_a_gpu():
-    by_key = {v.target.key: v for v in targets.verdicts(recorded_result(model_type="vit_h", gpu="NVIDIA H100 80GB HBM3"))}
+    by_key = {
+        v.target.key: v for v in targets.verdicts(recorded_result(model_type="vit_h", gpu="NVIDIA H100 80GB HBM3"))
+    }
     assert by_key["gpu_encoder_fp16_batch1"].measured == pytest.approx(30.0)
     assert by_key["gpu_encoder_fp16_batch1"].status == "met"
     assert by_key["gpu_encoder_fp16_batch8"].measured == pytest.approx(20.0)  # 160 ms for 8 images
@@ -233,10 +317,30 @@ def test_report_files_have_every_field(tmp_path):
     write_plot(result, tmp_path / "latency.png")
     document = json.loads((tmp_path / "results.json").read_text())
     assert document == to_json(result)
-    assert set(document) == {"schema_version", "created", "command", "model_type", "weights", "machine", "versions",
-                             "options", "records", "int8", "export_parity", "targets"}
-    assert set(document["machine"]) == {"cpu_model", "cores", "usable_cores", "memory_gib", "load_average_1m",
-                                        "load_average_1m_end", "platform", "gpu"}
+    assert set(document) == {
+        "schema_version",
+        "created",
+        "command",
+        "model_type",
+        "weights",
+        "machine",
+        "versions",
+        "options",
+        "records",
+        "int8",
+        "export_parity",
+        "targets",
+    }
+    assert set(document["machine"]) == {
+        "cpu_model",
+        "cores",
+        "usable_cores",
+        "memory_gib",
+        "load_average_1m",
+        "load_average_1m_end",
+        "platform",
+        "gpu",
+    }
     assert {"torch", "onnxruntime", "tritonserver", "perceptserve"} <= set(document["versions"])
     for record in document["records"]:
         assert set(record) == RECORD_FIELDS
@@ -245,19 +349,29 @@ def test_report_files_have_every_field(tmp_path):
     assert document["records"][6]["server"]["hqsam_encoder"]["average_batch_size"] == 1.5
     assert [t["status"] for t in document["targets"]] == ["met", "met", "missed"]
     text = (tmp_path / "results.md").read_text()
-    for heading in ("# HQ-SAM benchmark: vit_b", "## Latency and throughput", "## Triton's split", "## Targets",
-                    "## ONNX Runtime int8 encoder"):
+    for heading in (
+        "# HQ-SAM benchmark: vit_b",
+        "## Latency and throughput",
+        "## Triton's split",
+        "## Targets",
+        "## ONNX Runtime int8 encoder",
+    ):
         assert heading in text
     assert "| triton | request | 2 | 1 | 14000.0 |" in text and "| 0.85x |" in text
     assert "| request | 1 | hqsam_encoder | 3 | 1.50 | 2.00 | 1.00 | 5200.0 | 3.00 | 0 / 3 |" in text
-    assert "tritonserver 2.51.0" in text and "AMD EPYC, 2 cores" in text and "0.4 at the start and 1.9 at the end" in text
+    assert (
+        "tritonserver 2.51.0" in text and "AMD EPYC, 2 cores" in text and "0.4 at the start and 1.9 at the end" in text
+    )
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_machine_and_versions_are_filled():
     machine, found = machine_info(), versions("2.51.0")
-    assert machine["cores"] >= 1 and machine["cpu_model"] and machine["gpu"] == (
-        torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    assert (
+        machine["cores"] >= 1
+        and machine["cpu_model"]
+        and machine["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    )
     assert found["torch"] == torch.__version__ and found["tritonserver"] == "2.51.0" and found["perceptserve"]
 
 
@@ -275,12 +389,16 @@ def test_perf_analyzer_data_serialises_bytes_as_triton_does():
 
 # --- the command line and the runners ------------------------------------------------------------
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--modes", "eager,triton"], "the triton mode needs --url HOST:PORT"),
-    (["--modes", "eager,nope"], "give distinct modes among"),
-    (["--concurrency", "1,x"], "--concurrency 1,x: give integers"),
-    (["--modes", "eager", "--requests", "0"], "--requests must be at least 1"),
-])
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--modes", "eager,triton"], "the triton mode needs --url HOST:PORT"),
+        (["--modes", "eager,nope"], "give distinct modes among"),
+        (["--concurrency", "1,x"], "--concurrency 1,x: give integers"),
+        (["--modes", "eager", "--requests", "0"], "--requests must be at least 1"),
+    ],
+)
 def test_cli_refuses_bad_options_in_one_line(arguments, message, capsys, tmp_path):
     code = main(["bench", "hqsam", "--model-type", "vit_tiny", "--random-init", "--out", str(tmp_path), *arguments])
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -289,7 +407,9 @@ def test_cli_refuses_bad_options_in_one_line(arguments, message, capsys, tmp_pat
 
 def test_torch_encoder_runner_times_batches(small_vit):
     """The GPU mode's code path, run on the CPU in fp32 (no GPU here)."""
-    runner = TorchEncoderRunner(small_vit.sam, Workload(sample_photo()), device="cpu", dtype=torch.float32, batch_sizes=(1, 2))
+    runner = TorchEncoderRunner(
+        small_vit.sam, Workload(sample_photo()), device="cpu", dtype=torch.float32, batch_sizes=(1, 2)
+    )
     records = list(run_mode(runner, requests=1, warmup=0))
     assert [(r.mode, r.stage, r.batch) for r in records] == [("torch-fp16", "encoder", 1), ("torch-fp16", "encoder", 2)]
     assert next(small_vit.sam.parameters()).device.type == "cpu"  # the eager model is left alone
@@ -298,8 +418,15 @@ def test_torch_encoder_runner_times_batches(small_vit):
 @pytest.mark.server
 def test_smoke_run_of_every_cpu_mode(small_vit, server, tmp_path):
     job = BenchJob(
-        model=SMALL_VIT, seed=1, modes=("eager", "onnxruntime", "onnxruntime-int8", "triton"), concurrency=(1, 2),
-        requests=1, warmup=0, url=server.grpc_url, repository=small_vit.repository, out=tmp_path,
+        model=SMALL_VIT,
+        seed=1,
+        modes=("eager", "onnxruntime", "onnxruntime-int8", "triton"),
+        concurrency=(1, 2),
+        requests=1,
+        warmup=0,
+        url=server.grpc_url,
+        repository=small_vit.repository,
+        out=tmp_path,
         perf_analyzer_data=tmp_path / "perf_analyzer.json",
     )
     result = run(job, Settings())
@@ -326,7 +453,11 @@ def test_smoke_run_of_every_cpu_mode(small_vit, server, tmp_path):
     assert document["machine"]["load_average_1m_end"] is not None
     assert document["int8"]["cases"] == 4 and 0.0 <= document["int8"]["iou_loss"] <= 1.0
     assert document["int8"]["encoder_speedup"] > 0
-    assert [t["key"] for t in document["targets"]] == ["served_request_vs_eager", "served_encoder_overhead", "second_prompt"]
+    assert [t["key"] for t in document["targets"]] == [
+        "served_request_vs_eager",
+        "served_encoder_overhead",
+        "second_prompt",
+    ]
     assert all(t["status"] in ("met", "missed") for t in document["targets"])
     text = (tmp_path / "results.md").read_text()
     assert text == markdown(result)

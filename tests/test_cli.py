@@ -9,9 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from perceptserve.clients.hqsam import HQSamClient
+from PIL import Image
 
 from .conftest import free_port
 
@@ -35,14 +34,30 @@ def test_segment_writes_the_mask_and_overlay(server, photos, tmp_path):
     photo = tmp_path / "astronaut.jpg"
     Image.fromarray(photos["astronaut"]).save(photo, quality=92)
     out, overlay = tmp_path / "mask.png", tmp_path / "overlay.png"
-    result = run_cli("segment", str(photo), "--point", "260,110", "--point", "60,400,0", "--box", "120,20,460,510",
-                     "--out", str(out), "--overlay", str(overlay), "--url", server.grpc_url)
+    result = run_cli(
+        "segment",
+        str(photo),
+        "--point",
+        "260,110",
+        "--point",
+        "60,400,0",
+        "--box",
+        "120,20,460,510",
+        "--out",
+        str(out),
+        "--overlay",
+        str(overlay),
+        "--url",
+        server.grpc_url,
+    )
     assert result.returncode == 0, result.stderr
     mask = np.asarray(Image.open(out))
     assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
     with HQSamClient(server.grpc_url) as client:
         client.set_image_bytes(photo.read_bytes())
-        expected, _, _ = client.predict(point_coords=[[260, 110], [60, 400]], point_labels=[1, 0], box=[120, 20, 460, 510])
+        expected, _, _ = client.predict(
+            point_coords=[[260, 110], [60, 400]], point_labels=[1, 0], box=[120, 20, 460, 510]
+        )
     assert np.array_equal(mask > 0, expected[0])
     picture = np.asarray(Image.open(overlay))
     assert picture.shape == (512, 512, 3) and not np.array_equal(picture, photos["astronaut"])
@@ -62,15 +77,27 @@ def test_segment_writes_the_mask_and_overlay(server, photos, tmp_path):
 def test_segment_bad_input_is_one_line(server, photos, tmp_path, args, message):
     photo = tmp_path / "p.png"
     Image.fromarray(photos["astronaut"]).save(photo)
-    error = one_line_error(run_cli("segment", str(photo), *args, "--out", str(tmp_path / "m.png"), "--url", server.grpc_url))
+    error = one_line_error(
+        run_cli("segment", str(photo), *args, "--out", str(tmp_path / "m.png"), "--url", server.grpc_url)
+    )
     assert message in error
 
 
 def test_segment_without_a_server_is_one_line(tmp_path):
     photo = tmp_path / "p.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
-    error = one_line_error(run_cli("segment", str(photo), "--point", "1,1", "--out", str(tmp_path / "m.png"),
-                                   "--url", f"127.0.0.1:{free_port()}"))
+    error = one_line_error(
+        run_cli(
+            "segment",
+            str(photo),
+            "--point",
+            "1,1",
+            "--out",
+            str(tmp_path / "m.png"),
+            "--url",
+            f"127.0.0.1:{free_port()}",
+        )
+    )
     assert "UNAVAILABLE" in error or "failed to connect" in error.lower()
 
 
@@ -78,9 +105,23 @@ def test_segment_without_a_server_is_one_line(tmp_path):
 def test_serve_prints_endpoints_and_exits_cleanly_on_sigterm(small_vit, tmp_path):
     ports = [free_port() for _ in range(3)]
     process = subprocess.Popen(
-        [*CLI, "serve", "--repository", str(small_vit.repository), "--grpc-port", str(ports[0]),
-         "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(tmp_path / "server.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *CLI,
+            "serve",
+            "--repository",
+            str(small_vit.repository),
+            "--grpc-port",
+            str(ports[0]),
+            "--http-port",
+            str(ports[1]),
+            "--metrics-port",
+            str(ports[2]),
+            "--log-file",
+            str(tmp_path / "server.log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 180
     ready = ""
@@ -103,8 +144,18 @@ def test_serve_names_the_model_and_file_that_failed(small_vit, tmp_path, fault):
         model_file.write_bytes(b"this is not onnx")
     else:
         model_file.unlink()
-    result = run_cli("serve", "--repository", str(repository), "--grpc-port", str(free_port()),
-                     "--http-port", str(free_port()), "--metrics-port", str(free_port()), timeout=240)
+    result = run_cli(
+        "serve",
+        "--repository",
+        str(repository),
+        "--grpc-port",
+        str(free_port()),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        timeout=240,
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("perceptserve serve: tritonserver failed to start:") and "hqsam_decoder" in last
@@ -120,7 +171,9 @@ def test_serve_without_an_exported_repository(tmp_path):
 @pytest.mark.slow
 def test_vit_b_export_passes_parity(tmp_path):
     """The full-size vit_b (random weights) through the CLI, parity with the official model."""
-    result = run_cli("export", "hqsam", "--model-type", "vit_b", "--random-init", "--repository", str(tmp_path), timeout=900)
+    result = run_cli(
+        "export", "hqsam", "--model-type", "vit_b", "--random-init", "--repository", str(tmp_path), timeout=900
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout and "[5/5] parity check" in result.stderr
     size = (tmp_path / "hqsam_encoder" / "1" / "model.onnx").stat().st_size
@@ -134,6 +187,17 @@ def test_serve_refuses_ports_in_use(small_vit):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        error = one_line_error(run_cli("serve", "--repository", str(small_vit.repository), "--grpc-port", str(port),
-                                       "--http-port", str(free_port()), "--metrics-port", str(free_port())))
+        error = one_line_error(
+            run_cli(
+                "serve",
+                "--repository",
+                str(small_vit.repository),
+                "--grpc-port",
+                str(port),
+                "--http-port",
+                str(free_port()),
+                "--metrics-port",
+                str(free_port()),
+            )
+        )
     assert f"the gRPC port {port} on 127.0.0.1 is already in use" in error

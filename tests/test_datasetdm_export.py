@@ -12,6 +12,12 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from perceptserve.export import datasetdm_parity as parity
+from perceptserve.export import onnx_io
+from perceptserve.export.datasetdm import DatasetDMExport, build_decoder, parity_example
+from perceptserve.model_repository import configs
+from perceptserve.model_repository import datasetdm as names
+from perceptserve.model_repository.writer import version_dir
 from skimage import data as sample_images
 from skimage.transform import resize as resize_image
 
@@ -20,12 +26,6 @@ from perceptserve.datasetdm import tiny
 from perceptserve.datasetdm.checkpoint import CheckpointError
 from perceptserve.datasetdm.features import GROUPS, FeatureLayout
 from perceptserve.datasetdm.layers import SegBlock, fold_spectral_norm
-from perceptserve.export import datasetdm_parity as parity
-from perceptserve.export import onnx_io
-from perceptserve.export.datasetdm import DatasetDMExport, build_decoder, parity_example
-from perceptserve.model_repository import configs
-from perceptserve.model_repository import datasetdm as names
-from perceptserve.model_repository.writer import version_dir
 
 from .datasetdm_fixtures import datasetdm_state_shapes, hook_capture, random_state
 
@@ -116,9 +116,16 @@ def test_batched_capture_is_per_image_capture(tiny_export):
     with torch.no_grad():
         both = extractor.capture(latents, timestep, text, uncond)
         for index in range(2):
-            one = extractor.capture(latents[index : index + 1], timestep[index : index + 1], text[index : index + 1], uncond[index : index + 1])
+            one = extractor.capture(
+                latents[index : index + 1],
+                timestep[index : index + 1],
+                text[index : index + 1],
+                uncond[index : index + 1],
+            )
             for group in GROUPS:
-                assert relative(both.group(extractor.layout, group)[index], one.group(extractor.layout, group)[0]) < 1e-5
+                assert (
+                    relative(both.group(extractor.layout, group)[index], one.group(extractor.layout, group)[0]) < 1e-5
+                )
 
 
 @pytest.mark.parametrize("size, batch", [((256, 256), 1), ((320, 256), 3)])
@@ -136,18 +143,24 @@ def test_onnx_chain_at_other_sizes_and_batches(tiny_export, size, batch):
     classes = ["person", "cat", "table", "sofa"]
     ids = diffusion.token_ids(prompts)
     text = torch.from_numpy(onnx_models(names.TEXT_ENCODER, input_ids=ids)["text_embeddings"])
-    uncond = torch.from_numpy(onnx_models(names.TEXT_ENCODER, input_ids=diffusion.token_ids([""] * batch))["text_embeddings"])
+    uncond = torch.from_numpy(
+        onnx_models(names.TEXT_ENCODER, input_ids=diffusion.token_ids([""] * batch))["text_embeddings"]
+    )
     class_embeddings = diffusion.embed(classes)
     latents = torch.from_numpy(onnx_models(names.VAE_ENCODER, image=images)["latents"])
     assert latents.shape == (batch, 4, height // 8, width // 8)
     timestep = torch.ones(batch, dtype=torch.int64)
-    features = onnx_models(names.FEATURES, latents=latents, timestep=timestep, text_embeddings=text, uncond_embeddings=uncond)
+    features = onnx_models(
+        names.FEATURES, latents=latents, timestep=timestep, text_embeddings=text, uncond_embeddings=uncond
+    )
     for task in ("semantic", "depth"):
         for group in GROUPS:
             level = models.extractor.layout.level(group)
             width_ = models.decoders[task].config.width
             assert features[f"{task}_{group}"].shape == (batch, width_, height // 8 // 2**level, width // 8 // 2**level)
-    semantic = onnx_models(names.DECODERS["semantic"], class_embeddings=class_embeddings, **{g: features[f"semantic_{g}"] for g in GROUPS})
+    semantic = onnx_models(
+        names.DECODERS["semantic"], class_embeddings=class_embeddings, **{g: features[f"semantic_{g}"] for g in GROUPS}
+    )
     depth = onnx_models(names.DECODERS["depth"], **{g: features[f"depth_{g}"] for g in GROUPS})["depth"]
     image = onnx_models(names.VAE_DECODER, latents=latents)["image"]
     assert semantic["class_map"].shape == (batch, height, width) and semantic["class_map"].dtype == np.int32
@@ -163,7 +176,11 @@ def test_onnx_chain_at_other_sizes_and_batches(tiny_export, size, batch):
     assert relative(semantic["class_scores"], scores) < 1e-4
     assert (semantic["class_map"] == class_map.numpy()).mean() >= 0.999
     assert relative(depth, reference_depth) < 1e-4
-    doubled = dict(sample=torch.cat([latents, latents]), timestep=torch.cat([timestep, timestep]), encoder_hidden_states=torch.cat([uncond, text]))
+    doubled = dict(
+        sample=torch.cat([latents, latents]),
+        timestep=torch.cat([timestep, timestep]),
+        encoder_hidden_states=torch.cat([uncond, text]),
+    )
     noise = onnx_models(names.UNET, **doubled)["noise_pred"]
     with torch.no_grad():
         assert relative(noise, diffusion.unet(*doubled.values()).sample) < 1e-4
@@ -177,17 +194,21 @@ def test_served_path_equals_datasetdm_order_eagerly(tiny_export):
     diffusion = models.diffusion
     latents = diffusion.vae.encode(example.images).latent_dist.mean * diffusion.vae.config.scaling_factor
     with torch.no_grad():
-        captured = models.extractor.capture(latents, torch.tensor([1, 1]), diffusion.embed(list(example.prompts)), diffusion.embed(["", ""]))
+        captured = models.extractor.capture(
+            latents, torch.tensor([1, 1]), diffusion.embed(list(example.prompts)), diffusion.embed(["", ""])
+        )
         raw = [captured.group(models.extractor.layout, g) for g in GROUPS]
         semantic = models.decoders["semantic"]
         classes = diffusion.embed(list(example.class_names))
         ours = semantic.targets_from_projected(models.extractor.project(captured)["semantic"])
         theirs = semantic.targets_from_raw(raw)
-        for mine, reference in zip(ours, theirs):
+        for mine, reference in zip(ours, theirs, strict=True):
             assert relative(mine, reference) < 1e-5
         # Mask2Former's attention masks threshold mask logits: a logit within rounding of 0 can
         # flip a mask bit, so the predictions agree less tightly than their inputs.
-        for mine, reference in zip(semantic.predictions(ours, classes), semantic.predictions(theirs, classes)):
+        for mine, reference in zip(
+            semantic.predictions(ours, classes), semantic.predictions(theirs, classes), strict=True
+        ):
             assert relative(mine, reference) < 1e-2
         depth = models.decoders["depth"]
         assert relative(depth(*models.extractor.project(captured)["depth"]), depth.reference(raw)) < 1e-5
@@ -286,9 +307,14 @@ def test_fp16_error_is_reported_and_bounded(tiny_export, tmp_path):
     shutil.copytree(tiny_export.repository, repository)
     for model in names.model_names(("semantic", "depth")):
         onnx_io.to_fp16(version_dir(repository, model) / configs.ONNX_FILE)
-        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(version_dir(repository, model) / configs.ONNX_FILE)).graph.initializer)
+        assert any(
+            t.data_type == onnx.TensorProto.FLOAT16
+            for t in onnx.load(str(version_dir(repository, model) / configs.ONNX_FILE)).graph.initializer
+        )
     models = tiny_export.models
-    report = parity.check(models.diffusion, models.extractor, models.decoders, repository, parity_example(tiny_export.job), "fp16")
+    report = parity.check(
+        models.diffusion, models.extractor, models.decoders, repository, parity_example(tiny_export.job), "fp16"
+    )
     print(report.format())
     assert report.passed, report.format()
     assert max(rel for what, _, rel, _ in report.rows if not what.startswith("semantic")) < 5e-2
@@ -308,7 +334,17 @@ def test_tiny_pipeline_is_a_diffusers_folder(tiny_export):
 
 
 def test_cli_rejects_ambiguous_decoders_before_exporting(tmp_path, capsys):
-    argv = ["export", "datasetdm", "--tiny-random", "--decoder", str(tmp_path / "x.pth"), "--tasks", "semantic,depth", "--repository", str(tmp_path / "r")]
+    argv = [
+        "export",
+        "datasetdm",
+        "--tiny-random",
+        "--decoder",
+        str(tmp_path / "x.pth"),
+        "--tasks",
+        "semantic,depth",
+        "--repository",
+        str(tmp_path / "r"),
+    ]
     assert cli.main(argv) == 2
     assert "give TASK=PATH" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -318,13 +354,15 @@ def test_cli_rejects_ambiguous_decoders_before_exporting(tmp_path, capsys):
 def test_repository_serves_on_tritonserver(tiny_export):
     """Every exported model loads in the bundled tritonserver (cpu configs) and answers."""
     import tritonclient.grpc as grpcclient
-
     from perceptserve.server.launcher import TritonServer
 
     from .conftest import server_settings
 
     models = names.model_names(("semantic", "depth"))
-    groups = {g: np.random.rand(1, 8, 32 // 2**level, 32 // 2**level).astype(np.float32) for g, level in zip(GROUPS, (3, 2, 1, 0))}
+    groups = {
+        g: np.random.rand(1, 8, 32 // 2**level, 32 // 2**level).astype(np.float32)
+        for g, level in zip(GROUPS, (3, 2, 1, 0), strict=True)
+    }
     with TritonServer(tiny_export.repository, "cpu", server_settings()) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         assert all(client.is_model_ready(model) for model in models)
@@ -334,4 +372,9 @@ def test_repository_serves_on_tritonserver(tiny_export):
             inputs[-1].set_data_from_numpy(value)
         depth = client.infer(names.DECODERS["depth"], inputs).as_numpy("depth")
     assert depth.shape == (1, 1, 256, 256)
-    assert np.allclose(depth, parity.OnnxModels(tiny_export.repository, [names.DECODERS["depth"]])(names.DECODERS["depth"], **groups)["depth"])
+    assert np.allclose(
+        depth,
+        parity.OnnxModels(tiny_export.repository, [names.DECODERS["depth"]])(names.DECODERS["depth"], **groups)[
+            "depth"
+        ],
+    )

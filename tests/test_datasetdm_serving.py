@@ -10,18 +10,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from skimage import data as sample_images
-
-from perceptserve import cli
 from perceptserve.clients.dataset import MANIFEST, Dataset, RunSpec
 from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.generate import generate_dataset
+from perceptserve.server.launcher import TritonServer
+from PIL import Image
+from skimage import data as sample_images
+
+from perceptserve import cli
 from perceptserve.datasetdm import validation
 from perceptserve.datasetdm.features import GROUPS
 from perceptserve.imaging import encode_png
-from perceptserve.server.launcher import TritonServer
 
 from .conftest import server_settings
 
@@ -57,8 +57,15 @@ def test_generated_images_match_diffusers(tiny_export, generator):
     pipeline.set_progress_bar_config(disable=True)
     served = generator.generate(PROMPT, CLASSES, seeds=[3, 11], guidance=7.5, **SMALL)
     for item in served:
-        reference = pipeline(PROMPT, num_inference_steps=SMALL["steps"], guidance_scale=7.5, height=64, width=64,
-                             generator=torch.Generator("cpu").manual_seed(item.seed), output_type="np").images[0]
+        reference = pipeline(
+            PROMPT,
+            num_inference_steps=SMALL["steps"],
+            guidance_scale=7.5,
+            height=64,
+            width=64,
+            generator=torch.Generator("cpu").manual_seed(item.seed),
+            output_type="np",
+        ).images[0]
         diff = np.abs(item.image.astype(np.float64) - reference * 255).max()
         print(f"seed {item.seed}: max abs pixel difference {diff:.3f} (of 255)")
         assert diff <= 1.0
@@ -191,13 +198,49 @@ def test_cli_annotate_and_generate(server, tmp_path, capsys):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.ascontiguousarray(sample_images.coffee()[::8, ::8])).save(photo)
     url = server.grpc_url
-    assert cli.main(["annotate", str(photo), "--prompt", "a cup", "--classes", "cat,dog", "--out", str(tmp_path / "a"),
-                     "--url", url]) == 0
+    assert (
+        cli.main(
+            [
+                "annotate",
+                str(photo),
+                "--prompt",
+                "a cup",
+                "--classes",
+                "cat,dog",
+                "--out",
+                str(tmp_path / "a"),
+                "--url",
+                url,
+            ]
+        )
+        == 0
+    )
     assert {p.name for p in (tmp_path / "a").iterdir()} == {"photo_mask.png", "photo_preview.jpg", "photo_depth.png"}
 
     def generate(out: str, steps: str) -> int:
-        return cli.main(["generate", "--prompt", PROMPT, "--classes", "cat", "--count", "2", "--seed", "7", "--steps",
-                         steps, "--height", "64", "--width", "64", "--out", str(tmp_path / out), "--url", url])
+        return cli.main(
+            [
+                "generate",
+                "--prompt",
+                PROMPT,
+                "--classes",
+                "cat",
+                "--count",
+                "2",
+                "--seed",
+                "7",
+                "--steps",
+                steps,
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--out",
+                str(tmp_path / out),
+                "--url",
+                url,
+            ]
+        )
 
     assert generate("g", "2") == 0
     assert sorted(p.name for p in (tmp_path / "g" / "Image").iterdir()) == ["cat_7.jpg", "cat_8.jpg"]

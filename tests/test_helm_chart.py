@@ -22,11 +22,11 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,19 +47,30 @@ VARIANTS = {
     "default": [],
     "all-on": ["-f", str(ALL_ON_VALUES)],
     "image-emptydir": [
-        "--set", "modelRepository.source=image",
-        "--set", "engineCache.type=emptyDir",
-        "--set", "serviceAccount.create=false",
-        "--set", "podDisruptionBudget.maxUnavailable=null",
-        "--set", "podDisruptionBudget.minAvailable=1",
-        "--set", "tests.enabled=false",
-        "--set", "preStopSleepSeconds=0",
+        "--set",
+        "modelRepository.source=image",
+        "--set",
+        "engineCache.type=emptyDir",
+        "--set",
+        "serviceAccount.create=false",
+        "--set",
+        "podDisruptionBudget.maxUnavailable=null",
+        "--set",
+        "podDisruptionBudget.minAvailable=1",
+        "--set",
+        "tests.enabled=false",
+        "--set",
+        "preStopSleepSeconds=0",
     ],
     "pvc-subpath-existing-cache": [
-        "--set", "modelRepository.pvc.claimName=shared-models",
-        "--set", "modelRepository.pvc.subPath=perceptserve/v1",
-        "--set", "engineCache.pvc.existingClaim=trt-cache",
-        "--set", "replicaCount=3",
+        "--set",
+        "modelRepository.pvc.claimName=shared-models",
+        "--set",
+        "modelRepository.pvc.subPath=perceptserve/v1",
+        "--set",
+        "engineCache.pvc.existingClaim=trt-cache",
+        "--set",
+        "replicaCount=3",
     ],
 }
 
@@ -109,8 +120,10 @@ def jsonschema_module():
     try:
         import jsonschema
     except ImportError:
-        pytest.fail("jsonschema is not installed in the venv (kubernetes-validate brings it): run `make helm-tools`",
-                    pytrace=False)
+        pytest.fail(
+            "jsonschema is not installed in the venv (kubernetes-validate brings it): run `make helm-tools`",
+            pytrace=False,
+        )
     return jsonschema
 
 
@@ -205,8 +218,19 @@ def test_chart_metadata():
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
     assert schema["additionalProperties"] is False
-    for key in ("image", "triton", "modelRepository", "engineCache", "service", "gpu", "probes",
-                "autoscaling", "serviceMonitor", "podDisruptionBudget", "securityContext"):
+    for key in (
+        "image",
+        "triton",
+        "modelRepository",
+        "engineCache",
+        "service",
+        "gpu",
+        "probes",
+        "autoscaling",
+        "serviceMonitor",
+        "podDisruptionBudget",
+        "securityContext",
+    ):
         assert schema["properties"][key].get("additionalProperties") is False, key
 
 
@@ -236,7 +260,11 @@ def strict_crd_schema(schema):
 def servicemonitor_validator():
     jsonschema = jsonschema_module()
     vendored = json.loads(SERVICEMONITOR_CRD.read_text())
-    assert (vendored["group"], vendored["kind"], vendored["version"]) == ("monitoring.coreos.com", "ServiceMonitor", "v1")
+    assert (vendored["group"], vendored["kind"], vendored["version"]) == (
+        "monitoring.coreos.com",
+        "ServiceMonitor",
+        "v1",
+    )
     schema = strict_crd_schema(vendored["openAPIV3Schema"])
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)
@@ -269,7 +297,9 @@ def test_unknown_kind_fails_validation():
     test above turns that into a failure."""
     kv = kubernetes_validate_module()
     with pytest.raises(kv.SchemaNotFoundError):
-        kv.validate({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}, KUBE_VERSION, strict=True)
+        kv.validate(
+            {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}, KUBE_VERSION, strict=True
+        )
 
 
 def test_strict_validation_catches_a_misspelt_field(default_docs, servicemonitor_validator, all_on_docs):
@@ -485,8 +515,11 @@ def test_autoscaling(rendered):
     assert hpa["apiVersion"] == "autoscaling/v2"
     deployment = one(docs, "Deployment")
     assert "replicas" not in deployment["spec"]  # the HPA owns the count
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
@@ -529,8 +562,12 @@ def test_helm_test_pod(rendered, variant):
     assert env["PERCEPTSERVE_MODEL"]["value"] == "hqsam"
     service = one(docs, "Service")
     assert env["PERCEPTSERVE_URL"]["value"] == f"{service['metadata']['name']}.{NAMESPACE}.svc:8000"
-    assert env["PERCEPTSERVE_API_KEY"]["valueFrom"]["secretKeyRef"] == \
-        [e for e in triton_container(docs)["env"] if e["name"] == "TRITON_RESTRICTED_API_KEY"][0]["valueFrom"]["secretKeyRef"]
+    assert (
+        env["PERCEPTSERVE_API_KEY"]["valueFrom"]["secretKeyRef"]
+        == [e for e in triton_container(docs)["env"] if e["name"] == "TRITON_RESTRICTED_API_KEY"][0]["valueFrom"][
+            "secretKeyRef"
+        ]
+    )
 
 
 def test_helm_test_script_uses_the_ensemble_api():
@@ -565,8 +602,11 @@ def test_defaults_follow_perceptserve_settings(default_docs):
     assert arg_value(args, "--cache-config") == f"local,size={server.response_cache_bytes}"
     assert f"--backend-config=python,shm-default-byte-size={server.python_shm_default_bytes}" in args
     assert f"--backend-config=python,shm-growth-byte-size={server.python_shm_growth_bytes}" in args
-    assert (int(arg_value(args, "--http-port")), int(arg_value(args, "--grpc-port")),
-            int(arg_value(args, "--metrics-port"))) == (server.http_port, server.grpc_port, server.metrics_port)
+    assert (
+        int(arg_value(args, "--http-port")),
+        int(arg_value(args, "--grpc-port")),
+        int(arg_value(args, "--metrics-port")),
+    ) == (server.http_port, server.grpc_port, server.metrics_port)
     assert GpuOnnxRuntime().engine_cache_path == ENGINE_CACHE
     assert ENGINE_CACHE in mounts_by_path(container)
 
@@ -586,8 +626,19 @@ def test_notes(tmp_path):
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
         '  notes: {{ include "notes.copy" . | quote }}\n'
     )
-    result = run_helm("template", RELEASE, str(chart), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
-                      "-f", str(ALL_ON_VALUES), "--show-only", "templates/notes-configmap.yaml")
+    result = run_helm(
+        "template",
+        RELEASE,
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        KUBE_VERSION,
+        "-f",
+        str(ALL_ON_VALUES),
+        "--show-only",
+        "templates/notes-configmap.yaml",
+    )
     assert result.returncode == 0, result.stderr
     text = yaml.safe_load(result.stdout)["data"]["notes"]
     assert "port-forward svc/perceptserve-ci" in text
@@ -618,8 +669,17 @@ BAD_VALUES = [
     (["--set", "shm.sizeLimit=lots"], "shm.sizeLimit"),
     (["--set", "podDisruptionBudget.minAvailable=1"], "podDisruptionBudget"),
     (["--set", "terminationGracePeriodSeconds=30"], "terminationGracePeriodSeconds (30) must be greater"),
-    (["--set", "autoscaling.enabled=true", "--set", "autoscaling.maxReplicas=1", "--set", "autoscaling.minReplicas=3"],
-     "autoscaling.maxReplicas"),
+    (
+        [
+            "--set",
+            "autoscaling.enabled=true",
+            "--set",
+            "autoscaling.maxReplicas=1",
+            "--set",
+            "autoscaling.minReplicas=3",
+        ],
+        "autoscaling.maxReplicas",
+    ),
     (["--set", "resources.limits.nvidia\\.com/gpu=1"], "gpu.count"),
 ]
 
@@ -631,8 +691,9 @@ def test_bad_values_are_refused(args, message):
     assert message in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("args", [["--set", "replicaCount=two"], ["--set", "modelRepository.source=ftp"],
-                                  ["--set", "bogus=1"]])
+@pytest.mark.parametrize(
+    "args", [["--set", "replicaCount=two"], ["--set", "modelRepository.source=ftp"], ["--set", "bogus=1"]]
+)
 def test_lint_refuses_bad_values(args):
     result = run_helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *args)
     assert result.returncode != 0, result.stdout
@@ -708,7 +769,8 @@ def stand_in_repository(root: Path) -> Path:
     def tensors(items) -> str:
         return ",\n".join(
             f'  {{ name: "{t.name}" data_type: TYPE_{t.dtype} dims: [ {", ".join(map(str, t.dims))} ]'
-            + (" optional: true" if getattr(t, "optional", False) else "") + " }"
+            + (" optional: true" if getattr(t, "optional", False) else "")
+            + " }"
             for t in items
         )
 
@@ -783,20 +845,31 @@ def test_chart_arguments_and_helm_test_script_on_tritonserver(default_docs, tmp_
         flag = argument.split("=", 1)[0]
         args.append(f"{flag}={replaced[flag]}" if flag in replaced else expand(argument, env))
     assert not [a for a in args if "$(" in a], args
-    command = [str(binary), *args, f"--backend-directory={backends}", f"--cache-directory={caches}",
-               "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
+    command = [
+        str(binary),
+        *args,
+        f"--backend-directory={backends}",
+        f"--cache-directory={caches}",
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+    ]
     process_env = dict(os.environ, **{k: v for k, v in env.items() if k != "HOME"})
     process_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{process_env.get('PATH', '')}"
     process_env["LD_LIBRARY_PATH"] = f"{libraries}{os.pathsep}{process_env.get('LD_LIBRARY_PATH', '')}"
     log_path = tmp_path / "tritonserver.log"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=process_env, start_new_session=True)
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=process_env, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 90
         while True:
             if server.poll() is not None:
-                pytest.fail(f"tritonserver exited ({server.returncode}) with the chart's arguments:\n"
-                            + log_path.read_text()[-3000:])
+                pytest.fail(
+                    f"tritonserver exited ({server.returncode}) with the chart's arguments:\n"
+                    + log_path.read_text()[-3000:]
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=2) as r:
                     if r.status == 200:
@@ -814,8 +887,13 @@ def test_chart_arguments_and_helm_test_script_on_tritonserver(default_docs, tmp_
         script_env["PERCEPTSERVE_URL"] = f"127.0.0.1:{ports['http']}"
         script_env["PERCEPTSERVE_TIMEOUT"] = "30"
         script_env.pop("HOME", None)
-        result = subprocess.run([sys.executable, "-c", pod_container["command"][2]], env=script_env,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", pod_container["command"][2]],
+            env=script_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "PASS" in result.stdout
         assert "statistics refused without the key (403)" in result.stdout

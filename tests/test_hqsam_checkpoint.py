@@ -47,7 +47,9 @@ def test_plain_sam_checkpoint_with_allow_missing_hq_warns(tmp_path, state):
 def test_missing_encoder_tensor(state):
     broken = dict(state)
     del broken["image_encoder.blocks.0.attn.qkv.weight"]
-    with pytest.raises(CheckpointError, match="truncated or for another model: missing image_encoder.blocks.0.attn.qkv.weight"):
+    with pytest.raises(
+        CheckpointError, match="truncated or for another model: missing image_encoder.blocks.0.attn.qkv.weight"
+    ):
         checkpoint.load_strict(build_reference(SMALL_VIT), broken)
 
 
@@ -86,9 +88,22 @@ def test_cli_prints_one_line_and_no_traceback(tmp_path, state):
     plain = {k: v for k, v in state.items() if not k.startswith(checkpoint.HQ_PREFIXES)}
     path = save(tmp_path, plain)
     result = subprocess.run(
-        [sys.executable, "-m", "perceptserve.cli", "export", "hqsam", "--model-type", "vit_b",
-         "--checkpoint", str(path), "--repository", str(tmp_path / "repo")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "perceptserve.cli",
+            "export",
+            "hqsam",
+            "--model-type",
+            "vit_b",
+            "--checkpoint",
+            str(path),
+            "--repository",
+            str(tmp_path / "repo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("perceptserve")]

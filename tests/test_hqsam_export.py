@@ -6,10 +6,10 @@ from itertools import product
 import numpy as np
 import pytest
 import torch
-
 from perceptserve.export import onnx_io
 from perceptserve.export.hqsam import HQSamExport, run
 from perceptserve.export.parity import mask_iou, reference_hq_features
+
 from perceptserve.hqsam.geometry import resize_and_pad
 from perceptserve.hqsam.official import ResizeLongestSide, SamPredictor
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
@@ -35,7 +35,7 @@ def test_export_report_passes(model, request):
 def test_encoder_dynamic_batch_of_different_sizes(model, request, photos):
     exported = request.getfixturevalue(model)
     images = [photos["astronaut"], photos["coffee"], photos["chelsea_portrait"]]
-    padded, sizes = zip(*(resize_and_pad(image) for image in images))
+    padded, sizes = zip(*(resize_and_pad(image) for image in images), strict=True)
     ours = OnnxPredictor(exported.repository).encoder.run(
         None, {"image": np.stack(padded), "input_size": np.array(sizes, dtype=np.int64)}
     )
@@ -49,9 +49,15 @@ def test_encoder_dynamic_batch_of_different_sizes(model, request, photos):
 
 PROMPTS = {
     "one point": dict(point_coords=np.array([[220.0, 180.0]]), point_labels=np.array([1])),
-    "points with a negative": dict(point_coords=np.array([[220.0, 180.0], [60.0, 400.0], [300.0, 250.0]]), point_labels=np.array([1, 0, 1])),
+    "points with a negative": dict(
+        point_coords=np.array([[220.0, 180.0], [60.0, 400.0], [300.0, 250.0]]), point_labels=np.array([1, 0, 1])
+    ),
     "box": dict(box=np.array([80.0, 40.0, 420.0, 480.0])),
-    "box and points": dict(box=np.array([80.0, 40.0, 420.0, 480.0]), point_coords=np.array([[220.0, 180.0], [60.0, 400.0]]), point_labels=np.array([1, 0])),
+    "box and points": dict(
+        box=np.array([80.0, 40.0, 420.0, 480.0]),
+        point_coords=np.array([[220.0, 180.0], [60.0, 400.0]]),
+        point_labels=np.array([1, 0]),
+    ),
 }
 
 
@@ -89,16 +95,21 @@ def test_several_prompt_sets_at_once(small_vit, photos, multimask, hq_only):
     reference.set_image(image)
     ours.set_image(image)
     boxes = np.array([[50.0, 40.0, 300.0, 350.0], [200.0, 10.0, 590.0, 390.0], [10.0, 10.0, 100.0, 100.0]])
-    points = np.array([[[100.0, 100.0], [150.0, 200.0]], [[400.0, 200.0], [500.0, 300.0]], [[50.0, 50.0], [90.0, 20.0]]])
+    points = np.array(
+        [[[100.0, 100.0], [150.0, 200.0]], [[400.0, 200.0], [500.0, 300.0]], [[50.0, 50.0], [90.0, 20.0]]]
+    )
     labels = np.array([[1, 0], [1, 1], [1, 0]])
     transform = ResizeLongestSide(1024)
     expected = reference.predict_torch(
         torch.as_tensor(transform.apply_coords(points, image.shape[:2]), dtype=torch.float),
         torch.as_tensor(labels, dtype=torch.int),
         torch.as_tensor(transform.apply_boxes(boxes, image.shape[:2]), dtype=torch.float),
-        multimask_output=multimask, hq_token_only=hq_only,
+        multimask_output=multimask,
+        hq_token_only=hq_only,
     )
-    got = ours.predict(point_coords=points, point_labels=labels, box=boxes, multimask_output=multimask, hq_token_only=hq_only)
+    got = ours.predict(
+        point_coords=points, point_labels=labels, box=boxes, multimask_output=multimask, hq_token_only=hq_only
+    )
     assert got[0].shape == (3, 1, *image.shape[:2])
     for index in range(3):
         assert mask_iou(got[0][index], expected[0][index].numpy()) >= 0.99
@@ -126,7 +137,9 @@ def test_external_data_for_large_models(tmp_path, monkeypatch):
     """Models over the threshold (vit_h's 2.5 GB encoder) are written with external data."""
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1000)
     module = torch.nn.Linear(64, 64)
-    path = onnx_io.export(module, (torch.zeros(2, 64),), tmp_path / "model.onnx", ["x"], ["y"], {"input": {0: torch.export.Dim("b")}})
+    path = onnx_io.export(
+        module, (torch.zeros(2, 64),), tmp_path / "model.onnx", ["x"], ["y"], {"input": {0: torch.export.Dim("b")}}
+    )
     assert (tmp_path / "model.onnx.data").stat().st_size >= 64 * 64 * 4
     import onnxruntime as ort
 

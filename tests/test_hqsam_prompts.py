@@ -34,7 +34,10 @@ def build(**prompts):
         ({"boxes": [[10.0, 10.0, 700.0, 20.0]]}, "outside"),
         ({"boxes": [[10.0, 10.0, 20.0]]}, "expected [N, 4]"),
         ({"boxes": [[0.0, 0.0, 1.0, np.nan]]}, "NaN"),
-        ({"boxes": [[1.0, 1.0, 5.0, 5.0]] * 2, "point_coords": [[[1.0, 2.0]]], "point_labels": [[1]]}, "disagree in number"),
+        (
+            {"boxes": [[1.0, 1.0, 5.0, 5.0]] * 2, "point_coords": [[[1.0, 2.0]]], "point_labels": [[1]]},
+            "disagree in number",
+        ),
         ({"mask_input": np.zeros((1, 1, 64, 64))}, "expected [N, 1, 256, 256]"),
         ({"boxes": np.zeros((0, 4))}, "N = 0"),
         ({"boxes": [[1.0, 1.0, 5.0, 5.0]] * 9}, "limit is 8"),

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from PIL import Image
-from tritonclient.utils import InferenceServerException
-
 from perceptserve.model_repository import hqsam
 from perceptserve.model_repository.writer import write_models
 from perceptserve.server.launcher import TritonServer
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
 from perceptserve.settings import EncoderBatching, Settings
 
 from .conftest import server_settings
@@ -65,7 +65,10 @@ def test_mixed_load_serves_every_valid_request_without_memory_growth(server):
                 except InferenceServerException as exc:
                     return exc.status(), time.perf_counter() - start
             box = np.array([[4.0 + index % 20, 4.0, 100.0, 90.0]], np.float32)
-            result = client.infer("hqsam", raw_inputs({"image": images[index % 4], "boxes": box, "point_coords": None, "point_labels": None}))
+            result = client.infer(
+                "hqsam",
+                raw_inputs({"image": images[index % 4], "boxes": box, "point_coords": None, "point_labels": None}),
+            )
             assert result.as_numpy("masks").shape == (1, 1, 96, 128)
             return "ok", time.perf_counter() - start
 
@@ -78,9 +81,11 @@ def test_mixed_load_serves_every_valid_request_without_memory_growth(server):
     served = [t for status, t in outcomes if status == "ok"]
     refused = [status for status, _ in outcomes if status != "ok"]
     p99 = float(np.percentile(served, 99))
-    print(f"\nload: {count} requests from 8 clients: {len(served)} valid served, 0 valid failed, "
-          f"{len(refused)} invalid refused ({set(refused)}); p50 {np.percentile(served, 50) * 1000:.0f} ms, "
-          f"p99 {p99 * 1000:.0f} ms; server memory {before:.0f} -> {after:.0f} MiB")
+    print(
+        f"\nload: {count} requests from 8 clients: {len(served)} valid served, 0 valid failed, "
+        f"{len(refused)} invalid refused ({set(refused)}); p50 {np.percentile(served, 50) * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms; server memory {before:.0f} -> {after:.0f} MiB"
+    )
     assert len(served) == count - count // 4
     assert set(refused) == {"StatusCode.INVALID_ARGUMENT"}
     assert after - before < 100, f"server memory grew {after - before:.0f} MiB over {count} requests"
@@ -90,12 +95,20 @@ def test_a_full_queue_fails_fast_instead_of_piling_up(small_vit, tmp_path):
     repository = tmp_path / "repo"
     shutil.copytree(small_vit.repository, repository)
     tight = Settings()
-    tight = dataclasses.replace(tight, hqsam=dataclasses.replace(
-        tight.hqsam, encoder_batching=EncoderBatching(max_batch_size=1, preferred_batch_sizes=(1,), max_queue_delay_us=0, max_queue_size=1)))
+    tight = dataclasses.replace(
+        tight,
+        hqsam=dataclasses.replace(
+            tight.hqsam,
+            encoder_batching=EncoderBatching(
+                max_batch_size=1, preferred_batch_sizes=(1,), max_queue_delay_us=0, max_queue_size=1
+            ),
+        ),
+    )
     write_models(repository, hqsam.definitions(tight), tight)
     rng = np.random.default_rng(5)
     images = [png(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)) for _ in range(12)]
     with TritonServer(repository, "cpu", server_settings()) as server:
+
         def one(image: bytes):
             with grpcclient.InferenceServerClient(server.grpc_url) as client:
                 start = time.perf_counter()
@@ -109,14 +122,25 @@ def test_a_full_queue_fails_fast_instead_of_piling_up(small_vit, tmp_path):
             outcomes = list(pool.map(one, images))
     rejected = [(s, t) for s, t in outcomes if s != "ok"]
     served = [t for s, t in outcomes if s == "ok"]
-    print(f"\nback-pressure: {len(served)} served (max {max(served):.2f} s), {len(rejected)} refused at once "
-          f"(max {max(t for _, t in rejected):.2f} s)" if rejected else "")
+    print(
+        f"\nback-pressure: {len(served)} served (max {max(served):.2f} s), {len(rejected)} refused at once "
+        f"(max {max(t for _, t in rejected):.2f} s)"
+        if rejected
+        else ""
+    )
     assert rejected and served
     assert all(s.startswith("StatusCode.UNAVAILABLE") and "queue size" in s for s, _ in rejected)
     assert max(t for _, t in rejected) < max(served)
 
 
-DTYPE_NAMES = {np.float32: "FP32", np.float64: "FP64", np.int32: "INT32", np.int64: "INT64", np.bool_: "BOOL", np.uint8: "UINT8"}
+DTYPE_NAMES = {
+    np.float32: "FP32",
+    np.float64: "FP64",
+    np.int32: "INT32",
+    np.int64: "INT64",
+    np.bool_: "BOOL",
+    np.uint8: "UINT8",
+}
 
 
 def fuzz_case(rng: np.random.Generator, good_image: bytes) -> list:
@@ -137,7 +161,11 @@ def fuzz_case(rng: np.random.Generator, good_image: bytes) -> list:
         else:
             data = rng.uniform(0, 60, size)
         with np.errstate(invalid="ignore", over="ignore"):
-            return np.nan_to_num(data, nan=0, posinf=2**31 - 1, neginf=-(2**31)).astype(dtype).reshape(shape) if np.issubdtype(dtype, np.integer) else data.astype(dtype).reshape(shape)
+            return (
+                np.nan_to_num(data, nan=0, posinf=2**31 - 1, neginf=-(2**31)).astype(dtype).reshape(shape)
+                if np.issubdtype(dtype, np.integer)
+                else data.astype(dtype).reshape(shape)
+            )
 
     image_kind = rng.integers(6)
     if image_kind == 0:
@@ -161,8 +189,14 @@ def fuzz_case(rng: np.random.Generator, good_image: bytes) -> list:
         "multimask_output": lambda n: [1],
         "hq_token_only": lambda n: [1],
     }
-    natural = {"point_coords": np.float32, "point_labels": np.int32, "boxes": np.float32, "mask_input": np.float32,
-               "multimask_output": np.bool_, "hq_token_only": np.bool_}
+    natural = {
+        "point_coords": np.float32,
+        "point_labels": np.int32,
+        "boxes": np.float32,
+        "mask_input": np.float32,
+        "multimask_output": np.bool_,
+        "hq_token_only": np.bool_,
+    }
     n = int(rng.choice([0, 1, 1, 2, 3, 70]))
     for name, shape_of in shapes.items():
         if rng.random() < 0.45:
@@ -186,7 +220,7 @@ def test_fuzzed_requests_get_an_error_or_a_result_never_a_crash(server):
     counts: dict[str, int] = {}
     before = server_rss_mib(server.process.pid)
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
-        for batch in range(20):
+        for _batch in range(20):
             for _ in range(100):
                 try:
                     result = client.infer("hqsam", fuzz_case(rng, good_image), client_timeout=60)
@@ -200,6 +234,8 @@ def test_fuzzed_requests_get_an_error_or_a_result_never_a_crash(server):
             ok = client.infer("hqsam", raw_inputs({}))
             assert ok.as_numpy("masks").shape == (1, 1, 64, 96)
     after = server_rss_mib(server.process.pid)
-    print(f"\nfuzz: 2000 hostile requests: {counts}; a valid request succeeded after each 100; "
-          f"server memory {before:.0f} -> {after:.0f} MiB")
+    print(
+        f"\nfuzz: 2000 hostile requests: {counts}; a valid request succeeded after each 100; "
+        f"server memory {before:.0f} -> {after:.0f} MiB"
+    )
     assert sum(counts.values()) == 2000 and counts.get("result", 0) > 0

@@ -4,10 +4,10 @@ on each target."""
 import shutil
 
 import pytest
-from tritonclient.grpc import model_config_pb2 as mc
-
 from perceptserve.model_repository import configs, hqsam
 from perceptserve.model_repository.writer import write_models
+from tritonclient.grpc import model_config_pb2 as mc
+
 from perceptserve.settings import Settings
 
 MODELS = [hqsam.PREPROCESS, hqsam.ENCODER, hqsam.DECODER, hqsam.POSTPROCESS, hqsam.ENSEMBLE]
@@ -52,12 +52,16 @@ def test_encoder_batches_caches_and_warms_up(small_vit):
     for target in ("cpu", "gpu"):
         config = load(small_vit.repository, hqsam.ENCODER, target)
         assert config.max_batch_size == settings.encoder_batching.max_batch_size
-        assert list(config.dynamic_batching.preferred_batch_size) == list(settings.encoder_batching.preferred_batch_sizes)
+        assert list(config.dynamic_batching.preferred_batch_size) == list(
+            settings.encoder_batching.preferred_batch_sizes
+        )
         assert config.dynamic_batching.default_queue_policy.max_queue_size == settings.encoder_batching.max_queue_size
         assert config.response_cache.enable
         assert [w.name for w in config.model_warmup] == ["zeros"]
         assert config.instance_group[0].count == settings.encoder_instances.for_target(target)
-    assert load(small_vit.repository, hqsam.PREPROCESS, "cpu").parameters["max_image_pixels"].string_value == str(settings.max_image_pixels)
+    assert load(small_vit.repository, hqsam.PREPROCESS, "cpu").parameters["max_image_pixels"].string_value == str(
+        settings.max_image_pixels
+    )
 
 
 def test_ensemble_wires_every_step(small_vit):

@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import HQSamClient
-from perceptserve.imaging import encode_png
 from perceptserve.server.launcher import stub_processes
+
+from perceptserve.imaging import encode_png
 
 from .conftest import free_port
 
@@ -30,10 +30,25 @@ class Serve:
     def __init__(self, repository, tmp_path) -> None:
         self.grpc_port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "perceptserve.cli", "serve", "--repository", str(repository),
-             "--grpc-port", str(self.grpc_port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-             "--log-file", str(tmp_path / "server.log")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "perceptserve.cli",
+                "serve",
+                "--repository",
+                str(repository),
+                "--grpc-port",
+                str(self.grpc_port),
+                "--http-port",
+                str(free_port()),
+                "--metrics-port",
+                str(free_port()),
+                "--log-file",
+                str(tmp_path / "server.log"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()

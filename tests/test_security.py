@@ -5,10 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
-
 from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.server.launcher import TritonServer, exposure_warning
+from tritonclient.utils import InferenceServerException
+
 from perceptserve.settings import ServerSettings, from_env, grpc_key_metadata
 
 from .conftest import server_settings
@@ -19,9 +19,11 @@ def test_restricted_apis_refuse_callers_without_the_key(small_vit):
     settings = dataclasses.replace(server_settings(), api_key="s3cret-key")
     with TritonServer(small_vit.repository, "cpu", settings) as server:
         with grpcclient.InferenceServerClient(server.grpc_url) as raw:
-            for call in (lambda **kw: raw.get_inference_statistics("hqsam", **kw),
-                         lambda **kw: raw.get_model_repository_index(**kw),
-                         lambda **kw: raw.get_model_config("hqsam", **kw)):
+            for call in (
+                lambda **kw: raw.get_inference_statistics("hqsam", **kw),
+                lambda **kw: raw.get_model_repository_index(**kw),
+                lambda **kw: raw.get_model_config("hqsam", **kw),
+            ):
                 with pytest.raises(InferenceServerException) as error:
                     call()
                 assert "perceptserve-api-key" in error.value.message()

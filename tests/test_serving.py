@@ -14,12 +14,12 @@ from itertools import product
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from PIL import Image
-from tritonclient.utils import InferenceServerException
-
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import AsyncHQSamClient, HQSamClient
 from perceptserve.export.parity import mask_iou
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
 from perceptserve.hqsam.official import SamPredictor
 from perceptserve.imaging import encode_png
 
@@ -29,9 +29,13 @@ pytestmark = pytest.mark.server
 
 PROMPTS = {
     "point": dict(point_coords=np.array([[220.0, 180.0]]), point_labels=np.array([1])),
-    "points with a negative": dict(point_coords=np.array([[220.0, 180.0], [60.0, 300.0]]), point_labels=np.array([1, 0])),
+    "points with a negative": dict(
+        point_coords=np.array([[220.0, 180.0], [60.0, 300.0]]), point_labels=np.array([1, 0])
+    ),
     "box": dict(box=np.array([80.0, 40.0, 380.0, 390.0])),
-    "box and point": dict(box=np.array([80.0, 40.0, 380.0, 390.0]), point_coords=np.array([[220.0, 180.0]]), point_labels=np.array([1])),
+    "box and point": dict(
+        box=np.array([80.0, 40.0, 380.0, 390.0]), point_coords=np.array([[220.0, 180.0]]), point_labels=np.array([1])
+    ),
 }
 
 
@@ -79,12 +83,20 @@ def test_served_masks_match_sam_predictor(client, small_vit, photos, photo):
 @pytest.mark.parametrize("multimask, hq_only", [(False, False), (True, True)])
 def test_several_prompt_sets_in_one_request(client, small_vit, photos, multimask, hq_only):
     image = photos["coffee"]
-    points = np.array([[[100.0, 100.0], [150.0, 200.0]], [[400.0, 200.0], [500.0, 300.0]], [[50.0, 50.0], [90.0, 20.0]]])
+    points = np.array(
+        [[[100.0, 100.0], [150.0, 200.0]], [[400.0, 200.0], [500.0, 300.0]], [[50.0, 50.0], [90.0, 20.0]]]
+    )
     labels = np.array([[1, 0], [1, 1], [1, 0]])
     boxes = np.array([[50.0, 40.0, 300.0, 350.0], [200.0, 10.0, 590.0, 390.0], [10.0, 10.0, 100.0, 100.0]])
     expected = official_batched(small_vit.sam, image, points, labels, boxes, multimask, hq_only)
-    result = client.segment(encode_png(image), point_coords=points, point_labels=labels, box=boxes,
-                            multimask_output=multimask, hq_token_only=hq_only)
+    result = client.segment(
+        encode_png(image),
+        point_coords=points,
+        point_labels=labels,
+        box=boxes,
+        multimask_output=multimask,
+        hq_token_only=hq_only,
+    )
     assert result.masks.shape == (3, 1, 400, 600) and result.scores.shape == (3, 1)
     for index in range(3):
         assert mask_iou(result.masks[index], expected[0][index]) >= 0.99
@@ -113,14 +125,18 @@ def test_concurrent_clients_are_batched_and_correct(server, small_vit, photos):
     after = stats(server, "hqsam_encoder")
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == 8 and executions < inferences, f"{inferences} images in {executions} encoder runs"
-    for image, result in zip(images, results):
+    for image, result in zip(images, results, strict=True):
         expected = official_batched(small_vit.sam, image, boxes=box[None])
         assert mask_iou(result.masks[0], expected[0][0]) >= 0.99
 
 
 def test_async_client_serves_concurrent_requests(server, small_vit, photos):
     image = photos["chelsea_portrait"]
-    boxes = [np.array([20.0, 30.0, 200.0, 250.0]), np.array([5.0, 100.0, 240.0, 290.0]), np.array([60.0, 10.0, 120.0, 90.0])]
+    boxes = [
+        np.array([20.0, 30.0, 200.0, 250.0]),
+        np.array([5.0, 100.0, 240.0, 290.0]),
+        np.array([60.0, 10.0, 120.0, 90.0]),
+    ]
 
     async def main():
         client = AsyncHQSamClient(server.grpc_url)
@@ -129,7 +145,7 @@ def test_async_client_serves_concurrent_requests(server, small_vit, photos):
         finally:
             await client.close()
 
-    for box, result in zip(boxes, asyncio.run(main())):
+    for box, result in zip(boxes, asyncio.run(main()), strict=True):
         expected = official_batched(small_vit.sam, image, boxes=box[None])
         assert result.masks.shape == (1, 1, *image.shape[:2])
         assert mask_iou(result.masks[0], expected[0][0]) >= 0.99
@@ -149,7 +165,9 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 GOOD_IMAGE = _png(np.full((64, 96, 3), 120, np.uint8))
@@ -158,7 +176,10 @@ POINT = {"point_coords": np.array([[[10.0, 10.0]]], np.float32), "point_labels":
 BAD_REQUESTS = {
     "non-image bytes": ({"image": b"hello, this is text"}, "not a PNG, JPEG or WebP"),
     "empty image": ({"image": b""}, "image is empty"),
-    "truncated PNG": ({"image": _png(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))[:400]}, "truncated or corrupt"),
+    "truncated PNG": (
+        {"image": _png(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))[:400]},
+        "truncated or corrupt",
+    ),
     "decompression bomb": ({"image": _png_header_only(60000, 60000)}, "refused as a decompression bomb"),
     "over the pixel limit": ({"image": _png_header_only(8000, 6000)}, "48000000 pixels, over the server's limit"),
     "point outside the image": ({"point_coords": np.array([[[200.0, 10.0]]], np.float32)}, "outside the 96x64 image"),
@@ -171,7 +192,10 @@ BAD_REQUESTS = {
     "prompt sets disagree": ({"boxes": np.array([[1.0, 1.0, 5.0, 5.0]] * 2, np.float32)}, "disagree in number"),
     "no prompt": ({"point_coords": None, "point_labels": None}, "no prompt"),
     "points without labels": ({"point_labels": None}, "point_coords was given without point_labels"),
-    "mask of the wrong size": ({"mask_input": np.zeros((1, 1, 64, 64), np.float32)}, "unexpected shape for input 'mask_input'"),
+    "mask of the wrong size": (
+        {"mask_input": np.zeros((1, 1, 64, 64), np.float32)},
+        "unexpected shape for input 'mask_input'",
+    ),
 }
 
 DTYPES = {np.float32: "FP32", np.int32: "INT32", np.bool_: "BOOL"}

@@ -4,8 +4,8 @@ and a GPU are present."""
 import importlib.util
 
 import pytest
-
 from perceptserve.export import tensorrt
+
 from perceptserve.settings import Settings
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -13,7 +13,9 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 def test_profiles_cover_the_serving_limits():
     serving = Settings().hqsam
-    profiles = tensorrt.hqsam_profiles(serving.encoder_batching.max_batch_size, serving.max_prompt_sets, serving.max_points)
+    profiles = tensorrt.hqsam_profiles(
+        serving.encoder_batching.max_batch_size, serving.max_prompt_sets, serving.max_points
+    )
     low, _, high = profiles["encoder"].shapes["image"]
     assert low[0] == 1 and high[0] == serving.encoder_batching.max_batch_size
     low, _, high = profiles["decoder"].shapes["point_coords"]

@@ -11,12 +11,12 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from perceptserve.model_repository.python_models.responses import respond_each
 from PIL import Image
 from transformers import CLIPTokenizer
 
 from perceptserve.datasetdm import validation
 from perceptserve.imaging import decode_image
-from perceptserve.model_repository.python_models.responses import respond_each
 
 
 def _optional(request, name):
@@ -43,7 +43,9 @@ class TritonPythonModel:
     def _process(self, request):
         image = decode_image(_one(request, "image"), self.max_image_pixels)
         prompt = validation.text(_one(request, "prompt"), "prompt")
-        names = validation.class_names(pb_utils.get_input_tensor_by_name(request, "class_names").as_numpy().reshape(-1), self.limits)
+        names = validation.class_names(
+            pb_utils.get_input_tensor_by_name(request, "class_names").as_numpy().reshape(-1), self.limits
+        )
         seed = _optional(request, "seed")
         seed = validation.seeds(np.zeros(1) if seed is None else seed, self.limits)[0]
         height, width = image.shape[:2]
@@ -54,7 +56,9 @@ class TritonPythonModel:
             "vae_image": (image.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1).astype(np.float32),
             "input_ids": validation.token_ids(self.tokenizer, prompt, "prompt")[None],
             "uncond_ids": validation.token_ids(self.tokenizer, "", "", allow_empty=True)[None],
-            "class_ids": np.stack([validation.token_ids(self.tokenizer, name, f"class name {name!r}") for name in names]),
+            "class_ids": np.stack(
+                [validation.token_ids(self.tokenizer, name, f"class name {name!r}") for name in names]
+            ),
             "noise_seed": np.array([seed], dtype=np.int64),
             "timestep": np.array([self.timestep], dtype=np.int64),
             "original_size": np.array([height, width], dtype=np.int64),

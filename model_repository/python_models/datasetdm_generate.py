@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from diffusers import PNDMScheduler
+from perceptserve.model_repository import datasetdm as exported
+from perceptserve.model_repository.python_models.responses import invalid_argument
 from transformers import CLIPTokenizer
 
 from perceptserve.datasetdm import validation
 from perceptserve.datasetdm.sampling import denoise, initial_latents
-from perceptserve.model_repository import datasetdm as exported
-from perceptserve.model_repository.python_models.responses import invalid_argument
 
 GROUPS = exported.GROUPS
 DEFAULT_STEPS = 50
@@ -90,7 +90,9 @@ class TritonPythonModel:
         limits = self.limits
         prompt = validation.text(_optional_one(request, "prompt", b""), "prompt")
         negative = validation.text(_optional_one(request, "negative_prompt", b""), "negative_prompt")
-        names = validation.class_names(pb_utils.get_input_tensor_by_name(request, "class_names").as_numpy().reshape(-1), limits)
+        names = validation.class_names(
+            pb_utils.get_input_tensor_by_name(request, "class_names").as_numpy().reshape(-1), limits
+        )
         height = validation.image_side(int(_optional_one(request, "height", self.default_side)), "height", limits)
         width = validation.image_side(int(_optional_one(request, "width", self.default_side)), "width", limits)
         return Job(
@@ -106,13 +108,17 @@ class TritonPythonModel:
     def _generate(self, jobs):
         """One loop for `jobs` (same steps and size) -> one response per job."""
         counts = [len(job.seeds) for job in jobs]
-        ids = np.concatenate([np.stack([j.negative_ids for j in jobs]), np.stack([j.prompt_ids for j in jobs])]
-                             + [j.class_ids for j in jobs])
-        embeddings = torch.from_numpy(_call(exported.TEXT_ENCODER, {"input_ids": ids}, ["text_embeddings"])["text_embeddings"])
+        ids = np.concatenate(
+            [np.stack([j.negative_ids for j in jobs]), np.stack([j.prompt_ids for j in jobs])]
+            + [j.class_ids for j in jobs]
+        )
+        embeddings = torch.from_numpy(
+            _call(exported.TEXT_ENCODER, {"input_ids": ids}, ["text_embeddings"])["text_embeddings"]
+        )
         per_image = torch.tensor(np.repeat(np.arange(len(jobs)), counts))
         uncond, text = embeddings[per_image], embeddings[len(jobs) + per_image]
         context = torch.cat([uncond, text]).numpy()
-        class_embeddings = embeddings[2 * len(jobs):].split([len(j.class_ids) for j in jobs])
+        class_embeddings = embeddings[2 * len(jobs) :].split([len(j.class_ids) for j in jobs])
 
         def unet(latents, timesteps):
             feeds = {"sample": latents.numpy(), "timestep": timesteps.numpy(), "encoder_hidden_states": context}
@@ -122,8 +128,12 @@ class TritonPythonModel:
         group_names = [f"{task}_{group}" for task in tasks for group in GROUPS]
 
         def last(latents, timesteps):
-            feeds = {"latents": latents.numpy(), "timestep": timesteps.numpy(),
-                     "text_embeddings": text.numpy(), "uncond_embeddings": uncond.numpy()}
+            feeds = {
+                "latents": latents.numpy(),
+                "timestep": timesteps.numpy(),
+                "text_embeddings": text.numpy(),
+                "uncond_embeddings": uncond.numpy(),
+            }
             out = _call(exported.FEATURES, feeds, ["noise_pred_uncond", "noise_pred_text"] + group_names)
             extras = {name: out[name] for name in group_names}
             return torch.from_numpy(out["noise_pred_uncond"]), torch.from_numpy(out["noise_pred_text"]), extras
@@ -138,7 +148,7 @@ class TritonPythonModel:
         images = (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
 
         responses, start = [], 0
-        for job, count, classes in zip(jobs, counts, class_embeddings):
+        for count, classes in zip(counts, class_embeddings, strict=True):
             part = slice(start, start + count)
             start += count
             feeds = {group: groups[f"semantic_{group}"][part] for group in GROUPS}
@@ -148,8 +158,11 @@ class TritonPythonModel:
             if self.depth:
                 feeds = {group: groups[f"depth_{group}"][part] for group in GROUPS}
                 tensors.update(_call(exported.DECODERS["depth"], feeds, ["depth"]))
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in tensors.items()]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in tensors.items()]
+                )
+            )
         return responses
 
     def execute(self, requests):
@@ -163,11 +176,11 @@ class TritonPythonModel:
                 continue
             loops[job.steps, job.size].append((index, job))
         for members in loops.values():
-            indices, jobs = zip(*members)
+            indices, jobs = zip(*members, strict=True)
             try:
                 results = self._generate(list(jobs))
             except ModelCallError as exc:
                 results = [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))] * len(jobs)
-            for index, response in zip(indices, results):
+            for index, response in zip(indices, results, strict=True):
                 responses[index] = response
         return responses

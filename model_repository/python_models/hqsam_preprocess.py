@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from perceptserve.model_repository.python_models.responses import respond_each
 
 from perceptserve.hqsam.geometry import resize_and_pad
 from perceptserve.hqsam.prompts import PromptError, PromptLimits, build_decoder_prompts
 from perceptserve.imaging import ImageError, decode_image
-from perceptserve.model_repository.python_models.responses import respond_each
 
 PROMPT_INPUTS = ("point_coords", "point_labels", "boxes", "mask_input")
 

@@ -32,7 +32,9 @@ class TritonPythonModel:
 
     def _respond(self, outputs):
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.output_names, outputs)]
+            output_tensors=[
+                pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.output_names, outputs, strict=True)
+            ]
         )
 
     def execute(self, requests):
@@ -44,7 +46,7 @@ class TritonPythonModel:
             joined = {n: np.concatenate([feeds[n] for feeds in inputs]) for n in self.input_names}
             outputs = self._run(joined)
             bounds = np.cumsum([0] + sizes)
-            return [self._respond([o[a:b] for o in outputs]) for a, b in zip(bounds[:-1], bounds[1:])]
+            return [self._respond([o[a:b] for o in outputs]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         except Exception as exc:  # a model failure is the server's fault, not the caller's
             error = pb_utils.TritonError(f"ONNX Runtime failed: {exc}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]

@@ -20,11 +20,13 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) ->
     mismatch = Mismatch.between(module, state)
     if mismatch.unexpected:
         raise CheckpointError(
-            f"{what} checkpoint has tensors this decoder lacks (another task's decoder?): {summarise(mismatch.unexpected)}"
+            f"{what} checkpoint has tensors this decoder lacks (another task's decoder?): "
+            f"{summarise(mismatch.unexpected)}"
         )
     if mismatch.wrong_shape:
         raise CheckpointError(
-            f"{what} checkpoint does not fit this model (another UNet or decoder size?): {summarise(mismatch.wrong_shape)}"
+            f"{what} checkpoint does not fit this model (another UNet or decoder size?): "
+            f"{summarise(mismatch.wrong_shape)}"
         )
     if mismatch.missing:
         raise CheckpointError(f"{what} checkpoint is missing tensors: {summarise(mismatch.missing)}")

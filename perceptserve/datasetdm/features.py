@@ -23,8 +23,8 @@ The hand-off shrinks from about 100 MiB (fp16, SD 1.4, 512x512) to a few MiB per
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class FeatureLayout:
     tokens: int
 
     @classmethod
-    def from_unet_config(cls, config: Mapping, tokens: int = 77) -> "FeatureLayout":
+    def from_unet_config(cls, config: Mapping, tokens: int = 77) -> FeatureLayout:
         widths = list(config["block_out_channels"])
         levels = len(widths)
         layers = config["layers_per_block"]
@@ -256,7 +256,7 @@ class FeatureExtractor(nn.Module):
         split: dict[int, list] = {}  # part -> [(uncond, text) weights per task]
         maps: dict[int, list] = {}  # attention layer -> weights per task
         for task in self.tasks:
-            for group, weight in zip(GROUPS, projections[task]):
+            for group, weight in zip(GROUPS, projections[task], strict=True):
                 if weight.shape[1] != layout.channels(group):
                     raise ValueError(
                         f"{task} decoder's {group} projection takes {weight.shape[1]} channels, "
@@ -330,7 +330,7 @@ class FeatureExtractor(nn.Module):
             for i in self.layout.attention_of(group):
                 term = torch.einsum("bnpt,ont->bop", captured.probabilities[i], self.map_weights[i])
                 group_sum = group_sum + term.reshape(group_sum.shape)
-            for task, part in zip(self.tasks, group_sum.split(self.widths, dim=1)):
+            for task, part in zip(self.tasks, group_sum.split(self.widths, dim=1), strict=True):
                 projected[task].append(part)
         return projected
 
@@ -344,14 +344,14 @@ def _up_block(block, hidden, residuals, emb, context, kwargs, outputs: list) -> 
     """diffusers' (CrossAttn)UpBlock2D.forward, keeping every layer's output (DatasetDM's
     modified blocks return them; diffusers' return only the last)."""
     attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
-    for resnet, attention in zip(block.resnets, attentions):
+    for resnet, attention in zip(block.resnets, attentions, strict=True):
         hidden = torch.cat([hidden, residuals[-1]], dim=1)
         residuals = residuals[:-1]
         hidden = resnet(hidden, emb)
         if attention is not None:
-            hidden = attention(
-                hidden, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False
-            )[0]
+            hidden = attention(hidden, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False)[
+                0
+            ]
         outputs.append(hidden)
     if block.upsamplers is not None:
         for upsampler in block.upsamplers:

@@ -9,7 +9,7 @@ an explicit mask, spectral norm can be folded into the weights, positions come f
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ def calibrate_batch_norms_(module: nn.Module, run: Callable[[], object]) -> None
     as training would have. Only for random-init decoders: with mean 0 / variance 1 their masks
     have one sign over the whole image, which makes outputs (and parity checks) trivial."""
 
-    def calibrate(block: "SegBlock", args: tuple) -> None:
+    def calibrate(block: SegBlock, args: tuple) -> None:
         x = args[0]
         block.stored_mean1.copy_(x.mean((0, 2, 3)))
         block.stored_var1.copy_(x.var((0, 2, 3)))
@@ -112,7 +112,7 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [output_dim]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [output_dim], strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
@@ -219,7 +219,7 @@ class FeaturePyramid(nn.Module):
         for group in GROUPS:
             conv = nn.Sequential(nn.Conv2d(layout.channels(group), width, kernel_size=1, bias=False))
             setattr(self, f"{group}_feature_conv", conv)
-        for group, (in_channels, out_channels) in zip(GROUPS[1:], mix_widths):
+        for group, (in_channels, out_channels) in zip(GROUPS[1:], mix_widths, strict=True):
             setattr(self, f"{group}_feature_mix_conv", SegBlock(in_channels, out_channels))
 
     def projection_weights(self) -> list[torch.Tensor]:
@@ -232,7 +232,7 @@ class FeaturePyramid(nn.Module):
         """DatasetDM's path: each raw group resized, then projected by its 1x1 convolution."""
         highest = raw[-1]
         out = []
-        for group, tensor in zip(GROUPS, raw):
+        for group, tensor in zip(GROUPS, raw, strict=True):
             if group != "highest":
                 tensor = resize(tensor, self._target_size(highest, group))
             out.append(getattr(self, f"{group}_feature_conv")(tensor))
@@ -241,7 +241,10 @@ class FeaturePyramid(nn.Module):
     def targets_from_projected(self, projected: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The served path: groups projected by the feature extractor, resized here."""
         highest = projected[-1]
-        return [t if g == "highest" else resize(t, self._target_size(highest, g)) for g, t in zip(GROUPS, projected)]
+        return [
+            t if g == "highest" else resize(t, self._target_size(highest, g))
+            for g, t in zip(GROUPS, projected, strict=True)
+        ]
 
     def mix(self, low, mid, high, highest) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (low at level 1, mid at level 0, high, highest), the tensors both decoders read on."""

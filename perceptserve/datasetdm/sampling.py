@@ -8,7 +8,8 @@ steps, guidance and scheduler the loop reproduces `StableDiffusionPipeline`'s la
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 

@@ -17,8 +17,8 @@ class's best score.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ class SemanticConfig:
     top_k: int = 3  # DatasetDM's test_topk_per_image in its generation scripts
     image_scale: int = 8  # image pixels per latent pixel (the VAE's factor)
 
-    def with_checkpoint_shapes(self, state: Mapping[str, torch.Tensor]) -> "SemanticConfig":
+    def with_checkpoint_shapes(self, state: Mapping[str, torch.Tensor]) -> SemanticConfig:
         changes = {}
         if "query_feat.weight" in state:
             changes["num_queries"] = state["query_feat.weight"].shape[0]
@@ -160,4 +160,3 @@ class SemanticDecoder(FeaturePyramid):
         background = torch.full_like(best_mask[:, :1, 0], 0.5)
         class_map = torch.cat([background, best_mask[:, :, 0]], dim=1).argmax(dim=1)
         return class_map.to(torch.int32), class_scores
-

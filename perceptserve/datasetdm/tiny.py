@@ -59,7 +59,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(byte)
             codes.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, codes)))
+    return dict(zip(printable, map(chr, codes), strict=True))
 
 
 def tokenizer_files(folder: Path) -> None:

@@ -8,8 +8,8 @@ longer prompt is refused with its token count, where diffusers would cut it and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class Limits:
     vocabulary: tuple[str, ...] = ()  # empty: any class name
 
     @classmethod
-    def from_parameters(cls, parameters: dict[str, str]) -> "Limits":
+    def from_parameters(cls, parameters: dict[str, str]) -> Limits:
         """The limits as `model_repository.datasetdm_serving` writes them into a config."""
         vocabulary = tuple(name for name in parameters.get("class_vocabulary", "").split(",") if name)
         return cls(

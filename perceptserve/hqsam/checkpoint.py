@@ -30,7 +30,7 @@ HQ_PREFIXES = (
 )
 
 
-def load_strict(sam: "Sam", state: dict[str, torch.Tensor], *, allow_missing_hq: bool = False) -> None:
+def load_strict(sam: Sam, state: dict[str, torch.Tensor], *, allow_missing_hq: bool = False) -> None:
     """Load `state` into `sam`, failing on any missing, unexpected or mis-shaped tensor."""
     mismatch = Mismatch.between(sam, state)
     if mismatch.wrong_shape:

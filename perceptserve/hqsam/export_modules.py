@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .official import PatchMerging, Sam
-
 from .geometry import IMAGE_SIZE
+from .official import PatchMerging, Sam
 
 
 class _BatchDynamicPatchMerging(PatchMerging):

@@ -59,9 +59,7 @@ def _check_inside(name: str, xy: np.ndarray, original_size: tuple[int, int]) -> 
     if np.any(outside):
         index = tuple(int(i) for i in np.argwhere(outside)[0])
         x, y = (float(v) for v in xy[index])
-        raise PromptError(
-            f"{name}{list(index)} = ({x:g}, {y:g}) is outside the {width}x{height} image"
-        )
+        raise PromptError(f"{name}{list(index)} = ({x:g}, {y:g}) is outside the {width}x{height} image")
 
 
 def build_decoder_prompts(
@@ -81,7 +79,9 @@ def build_decoder_prompts(
         if point_coords.ndim != 3 or point_coords.shape[2] != 2:
             raise PromptError(f"point_coords has shape {list(point_coords.shape)}; expected [N, P, 2]")
         counts["point_coords"] = point_coords.shape[0]
-        counts["point_labels"] = _check_shape("point_labels", point_labels, (point_coords.shape[1],), "[N, P] matching point_coords [N, P, 2]")
+        counts["point_labels"] = _check_shape(
+            "point_labels", point_labels, (point_coords.shape[1],), "[N, P] matching point_coords [N, P, 2]"
+        )
         _finite("point_coords", point_coords)
         if point_coords.shape[1] > limits.max_points:
             raise PromptError(f"{point_coords.shape[1]} points per prompt set; the limit is {limits.max_points}")
@@ -127,7 +127,11 @@ def build_decoder_prompts(
     return DecoderPrompts(
         point_coords=np.concatenate(coords, axis=1).astype(np.float32),
         point_labels=np.concatenate(labels, axis=1).astype(np.float32),
-        mask_input=(mask_input.astype(np.float32) if has_mask else np.zeros((n, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), np.float32)),
+        mask_input=(
+            mask_input.astype(np.float32)
+            if has_mask
+            else np.zeros((n, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), np.float32)
+        ),
         has_mask_input=np.array([1.0 if has_mask else 0.0], dtype=np.float32),
     )
 
@@ -152,8 +156,10 @@ def as_prompt_batch(point_coords=None, point_labels=None, box=None, mask_input=N
 
     coords, labels = array(point_coords, np.float32), array(point_labels, np.int32)
     boxes, masks = array(box, np.float32), array(mask_input, np.float32)
-    single = (coords is not None and coords.ndim == 2) or (boxes is not None and boxes.ndim == 1) or (
-        masks is not None and masks.ndim == 3
+    single = (
+        (coords is not None and coords.ndim == 2)
+        or (boxes is not None and boxes.ndim == 1)
+        or (masks is not None and masks.ndim == 3)
     )
     if single:
         coords = None if coords is None else coords[None]

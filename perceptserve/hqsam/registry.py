@@ -14,8 +14,6 @@ import torch
 from .official import Sam, _build_sam, build_sam_vit_t
 
 
-
-
 @dataclass(frozen=True)
 class ViTConfig:
     """An `ImageEncoderViT` size, as `_build_sam` takes it."""
@@ -59,9 +57,7 @@ def resolve(model: str | ModelConfig) -> ModelConfig:
         try:
             return MODEL_TYPES[model]
         except KeyError:
-            raise ValueError(
-                f"unknown model type {model!r}; choose one of {', '.join(MODEL_TYPES)}"
-            ) from None
+            raise ValueError(f"unknown model type {model!r}; choose one of {', '.join(MODEL_TYPES)}") from None
     return model
 
 
