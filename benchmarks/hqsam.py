@@ -8,7 +8,6 @@ eager mode, then per mode time each stage (at each concurrency for the server), 
 from __future__ import annotations
 
 import dataclasses
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from perceptserve.export.progress import Steps
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import VERSION
-from perceptserve.server.launcher import TritonServer
+from perceptserve.server import TritonServer, free_port
 
 from perceptserve.hqsam import registry
 from perceptserve.settings import Settings
@@ -132,19 +131,13 @@ def _exported(repository: Path) -> bool:
     return all((repository / model / VERSION / ONNX_FILE).exists() for model in (names.ENCODER, names.DECODER))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def _server_url(job: BenchJob, settings: Settings) -> Iterator[tuple[str, str]]:
     """(gRPC url, description): the given server, or one started on free ports for the run."""
     if job.url:
         yield job.url, f"the server at {job.url}"
         return
-    ports = dict(grpc_port=_free_port(), http_port=_free_port(), metrics_port=_free_port())
+    ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     with TritonServer(job.repository_path, "cpu", dataclasses.replace(settings.server, **ports)) as server:
         yield server.grpc_url, f"started by the benchmark on {job.repository_path} (cpu configs)"
 

@@ -54,7 +54,7 @@ def cmd_export_datasetdm(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from perceptserve.server.launcher import serve_forever
+    from perceptserve.server.supervisor import serve_forever
 
     return serve_forever(args.repository, args.config, _server_settings(args), log_file=args.log_file)
 

@@ -3,7 +3,6 @@ once per session, and a real tritonserver serving them on free loopback ports.""
 
 from __future__ import annotations
 
-import socket
 import warnings
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from perceptserve.export.hqsam import HQSamExport, load_model, run
-from perceptserve.server.launcher import TritonServer
+from perceptserve.server import TritonServer, free_port
 from skimage import data as sample_images
 
 from perceptserve.hqsam.registry import ViTConfig
@@ -23,12 +22,6 @@ from .datasetdm_fixtures import tiny_export  # noqa: F401  (one session fixture 
 SMALL_VIT = ViTConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,))
 
 warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_settings() -> ServerSettings:

@@ -10,9 +10,8 @@ import time
 import numpy as np
 import pytest
 from perceptserve.clients.hqsam import HQSamClient
+from perceptserve.server import free_port
 from PIL import Image
-
-from .conftest import free_port
 
 CLI = [sys.executable, "-m", "perceptserve.cli"]
 

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from perceptserve.server import free_port
+from perceptserve.server.installation import TritonInstallation
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "perceptserve"
@@ -757,12 +758,6 @@ class TritonPythonModel:
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def stand_in_repository(root: Path) -> Path:
     from perceptserve.model_repository import hqsam
 
@@ -788,24 +783,6 @@ def stand_in_repository(root: Path) -> Path:
     return root
 
 
-def bundled_tritonserver(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
-    """(binary, backend folder with the python backend and this Python's stub, caches, libs)."""
-    try:
-        import pytriton
-    except ImportError:
-        pytest.fail("nvidia-pytriton (the bundled tritonserver) is not installed: run `make install`", pytrace=False)
-    root = Path(pytriton.__file__).parent / "tritonserver"
-    backends = tmp_path / "backends"
-    python = backends / "python"
-    python.mkdir(parents=True)
-    for item in (root / "backends" / "python").iterdir():
-        if item.is_file():
-            shutil.copy2(item, python / item.name)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    shutil.copy2(root / "python_backend_stubs" / version / "triton_python_backend_stub", python)
-    return root / "bin" / "tritonserver", backends, root / "caches", root.parent.parent / "nvidia_pytriton.libs"
-
-
 def container_environment(container: dict, docs: list[dict]) -> dict[str, str]:
     """The container's environment as the kubelet builds it (values and Secret keys)."""
     secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
@@ -829,7 +806,7 @@ def test_chart_arguments_and_helm_test_script_on_tritonserver(default_docs, tmp_
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    binary, backends, caches, libraries = bundled_tritonserver(tmp_path)
+    installation = TritonInstallation.bundled()
     repository = stand_in_repository(tmp_path / "models")
     container = triton_container(default_docs)
     env = container_environment(container, default_docs)
@@ -846,17 +823,15 @@ def test_chart_arguments_and_helm_test_script_on_tritonserver(default_docs, tmp_
         args.append(f"{flag}={replaced[flag]}" if flag in replaced else expand(argument, env))
     assert not [a for a in args if "$(" in a], args
     command = [
-        str(binary),
+        str(installation.binary),
         *args,
-        f"--backend-directory={backends}",
-        f"--cache-directory={caches}",
+        f"--backend-directory={installation.backends}",
+        f"--cache-directory={installation.caches}",
         "--http-address=127.0.0.1",
         "--grpc-address=127.0.0.1",
         "--metrics-address=127.0.0.1",
     ]
-    process_env = dict(os.environ, **{k: v for k, v in env.items() if k != "HOME"})
-    process_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{process_env.get('PATH', '')}"
-    process_env["LD_LIBRARY_PATH"] = f"{libraries}{os.pathsep}{process_env.get('LD_LIBRARY_PATH', '')}"
+    process_env = installation.environment(dict(os.environ, **{k: v for k, v in env.items() if k != "HOME"}))
     log_path = tmp_path / "tritonserver.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import HQSamClient
-from perceptserve.server.launcher import stub_processes
+from perceptserve.server import free_port
+from perceptserve.server.stubs import stub_processes
 
 from perceptserve.imaging import encode_png
-
-from .conftest import free_port
 
 pytestmark = pytest.mark.server
 
@@ -129,7 +128,7 @@ nv_inference_pending_request_count{model="hqsam_preprocess",version="1"} 0
 
 
 def test_in_flight_counts_queued_and_between_steps():
-    from perceptserve.server.launcher import in_flight
+    from perceptserve.server.metrics import in_flight
 
     assert in_flight(METRICS, {"hqsam": "hqsam_preprocess"}) == 1 + (15 - 13)
     assert in_flight(METRICS.replace(" 12\n", " 10\n").replace("} 1\n", "} 0\n"), {"hqsam": "hqsam_preprocess"}) == 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from perceptserve.clients.hqsam import HQSamClient
-from perceptserve.server.launcher import TritonServer, exposure_warning
+from perceptserve.server import TritonServer
+from perceptserve.server.flags import exposure_warning
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.settings import ServerSettings, from_env, grpc_key_metadata

@@ -1,0 +1,72 @@
+"""Where a tritonserver and its backends are, and the environment its python stubs need.
+
+The development default is the tritonserver 2.51 that `nvidia-pytriton` ships (python backend
+only): the wheel keeps one python stub per Python version beside the backend, and Triton looks
+for the stub inside the backend's folder, so we assemble that folder once per environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .failure import ServerError
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """A tritonserver binary with the folders its flags name.
+
+    Args:
+        binary: the tritonserver executable.
+        backends: the backend folder (`--backend-directory`), with the python backend and its stub.
+        caches: the cache folder (`--cache-directory`), with the local response cache.
+        libraries: folders its shared libraries are loaded from (put first on LD_LIBRARY_PATH).
+    """
+
+    binary: Path
+    backends: Path
+    caches: Path
+    libraries: tuple[Path, ...]
+
+    @classmethod
+    def bundled(cls) -> TritonInstallation:
+        """The tritonserver of the `nvidia-pytriton` wheel in this environment."""
+        try:
+            import pytriton
+        except ImportError:
+            raise ServerError("nvidia-pytriton is not installed: run `make install`") from None
+        root = Path(pytriton.__file__).parent / "tritonserver"
+        libraries = root.parent.parent / "nvidia_pytriton.libs"
+        return cls(root / "bin" / "tritonserver", _python_backend_folder(root), root / "caches", (libraries,))
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The server's environment: `base` (default: ours) with this Python found first.
+
+        The python stub finds this environment's packages through PATH's first python. It links
+        libpython3.x by name: this interpreter's own comes first, so that its extension modules
+        (_ssl, which torch, transformers and diffusers import) find the symbols they were built
+        against rather than another build's (a system libpython)."""
+        env = dict(os.environ if base is None else base)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        libraries = [*map(str, self.libraries), str(Path(sys.base_prefix) / "lib"), env.get("LD_LIBRARY_PATH", "")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
+        return env
+
+
+def _python_backend_folder(root: Path) -> Path:
+    """A backend folder with the wheel's python backend and the stub built for the running Python."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    folder = Path(sys.prefix) / "var" / "perceptserve" / f"triton-backends-py{version}"
+    python = folder / "python"
+    stub = python / "triton_python_backend_stub"
+    if not stub.exists():
+        python.mkdir(parents=True, exist_ok=True)
+        for item in (root / "backends" / "python").iterdir():
+            if item.is_file():
+                shutil.copy2(item, python / item.name)
+        shutil.copy2(root / "python_backend_stubs" / version / "triton_python_backend_stub", stub)
+    return folder
