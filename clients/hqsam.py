@@ -9,8 +9,11 @@ with batched prompts (points [N, P, 2], boxes [N, 4]) a leading N: many prompt s
 request. The image travels with every request; the server's response cache on the encoder step
 means only the first request for an image runs the encoder.
 
-`set_image` / `predict` keep per-client state like the official predictor; `segment` is
-stateless and safe to call from many threads on one client. `AsyncHQSamClient` is the asyncio
+`generate_masks(image, **parameters)` segments everything, as
+`SamAutomaticMaskGenerator(..., output_mode="coco_rle").generate(image)` does, in the server.
+
+`set_image` / `predict` keep per-client state like the official predictor; `segment` and
+`generate_masks` are stateless and safe to call from many threads on one client. `AsyncHQSamClient` is the asyncio
 variant.
 """
 
@@ -27,6 +30,7 @@ from tritonclient.utils import InferenceServerException
 from perceptserve.hqsam.prompts import as_prompt_batch
 from perceptserve.imaging import encode_png
 
+from . import automatic
 from .errors import ClientError
 
 OUTPUTS = [t.name for t in api.ENSEMBLE_OUTPUTS]
@@ -133,17 +137,30 @@ class HQSamClient:
         inputs, _ = build_inputs(grpcclient, image, **prompts)
         return self._infer(inputs)
 
-    def _infer(self, inputs) -> Segmentation:
+    def generate_masks(self, image, **parameters) -> list[dict]:
+        """Segment everything: encoded image bytes or an HWC uint8 RGB array, and any of
+        `SamAutomaticMaskGenerator`'s parameters (plus `multimask_output`, `hq_token_only`) ->
+        its records (coco_rle mode), computed in the server's `<model>_automatic`."""
+        return automatic.records(self.generate_masks_response(image, **parameters))
+
+    def generate_masks_response(self, image, **parameters):
+        """The raw response (for `automatic.stage_seconds`, or to read the tensors)."""
+        inputs = automatic.build_inputs(grpcclient, image, parameters)
+        return self._request(automatic.model_name(self.model_name), inputs, automatic.OUTPUTS)
+
+    def _request(self, model: str, inputs, outputs):
         try:
-            response = self._client.infer(
-                self.model_name,
+            return self._client.infer(
+                model,
                 inputs,
-                outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
+                outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
             raise _to_client_error(exc) from None
-        return _result(response)
+
+    def _infer(self, inputs) -> Segmentation:
+        return _result(self._request(self.model_name, inputs, OUTPUTS))
 
     def close(self) -> None:
         self._client.close()
@@ -167,16 +184,23 @@ class AsyncHQSamClient:
 
     async def segment(self, image: bytes, **prompts) -> Segmentation:
         inputs, _ = build_inputs(aioclient, image, **prompts)
+        return _result(await self._request(self.model_name, inputs, OUTPUTS))
+
+    async def generate_masks(self, image, **parameters) -> list[dict]:
+        """`HQSamClient.generate_masks`, awaited."""
+        inputs = automatic.build_inputs(aioclient, image, parameters)
+        return automatic.records(await self._request(automatic.model_name(self.model_name), inputs, automatic.OUTPUTS))
+
+    async def _request(self, model: str, inputs, outputs):
         try:
-            response = await self._client.infer(
-                self.model_name,
+            return await self._client.infer(
+                model,
                 inputs,
-                outputs=[aioclient.InferRequestedOutput(n) for n in OUTPUTS],
+                outputs=[aioclient.InferRequestedOutput(n) for n in outputs],
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
             raise _to_client_error(exc) from None
-        return _result(response)
 
     async def close(self) -> None:
         await self._client.close()

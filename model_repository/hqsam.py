@@ -7,6 +7,8 @@
                            the preprocessed image, so a second prompt skips it
       -> hqsam_decoder     prompt encoding + HQ mask decoder, N prompt sets at once
       -> hqsam_postprocess logits -> masks at the original size, thresholded
+and `hqsam_automatic` (model_repository/automatic.py), which segments everything over the
+same encoder and decoder.
 The ensemble's tensors below are the public API (README, "The `hqsam` API").
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from perceptserve.settings import Settings
 
+from . import automatic
 from .definitions import DynamicBatching, EnsembleStep, ModelDefinition, Runtime, Tensor
 
 ENSEMBLE = "hqsam"
@@ -158,5 +161,11 @@ def definitions(settings: Settings) -> list[ModelDefinition]:
                     outputs={"masks": "masks"},
                 ),
             ),
+        ),
+        automatic.definition(
+            ENSEMBLE,
+            tuple(t.name for t in ENCODER_OUTPUTS),
+            ("multimask_output", "hq_token_only"),
+            settings,
         ),
     ]

@@ -55,6 +55,28 @@ class HQSamServing:
 
 
 @dataclass(frozen=True)
+class AutomaticLimits:
+    """Untrusted-input limits of the automatic mask generators (`<family>_automatic`): one request
+    costs crops x points_per_side^2 decoder prompts, so the grid and crop depth are bounded."""
+
+    max_points_per_side: int = 64  # the official default is 32 (1,024 prompts per crop)
+    max_points_per_batch: int = 256  # prompt sets per decoder call
+    max_crop_n_layers: int = 3  # 1 + 4 + 16 + 64 = 85 crops, each one encoder run
+    max_crop_n_points_downscale_factor: int = 16
+    max_stability_score_offset: float = 100.0
+    max_min_mask_region_area: int = 1_000_000
+    # Full-resolution logits are upscaled this many pixels at a time (memory per step).
+    upscale_chunk_pixels: int = 1 << 24
+
+
+@dataclass(frozen=True)
+class AutomaticServing:
+    limits: AutomaticLimits = field(default_factory=AutomaticLimits)
+    # Each instance runs one image's generation at a time (its BLS calls keep the models busy).
+    instances: InstanceCounts = InstanceCounts(cpu=1, gpu=2)
+
+
+@dataclass(frozen=True)
 class DatasetDMServing:
     """The DatasetDM models' instances: the diffusion parts (UNet, feature extractor, VAE, text
     encoder) are large, the P-Decoders small."""
@@ -132,6 +154,7 @@ class ServerSettings:
 class Settings:
     hqsam: HQSamServing = field(default_factory=HQSamServing)
     datasetdm: DatasetDMServing = field(default_factory=DatasetDMServing)
+    automatic: AutomaticServing = field(default_factory=AutomaticServing)
     cpu_onnxruntime: CpuOnnxRuntime = field(default_factory=CpuOnnxRuntime)
     gpu_onnxruntime: GpuOnnxRuntime = field(default_factory=GpuOnnxRuntime)
     server: ServerSettings = field(default_factory=ServerSettings)

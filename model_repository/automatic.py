@@ -1,0 +1,62 @@
+"""The `<family>_automatic` model ("segment everything"): one definition for every SAM-like
+family, parameterised by the family's encoder and decoder (see python_models/automatic.py).
+
+Its tensors are the public API (README, "The `hqsam_automatic` API"): the image, each generator
+parameter as an optional one-value input, and one row per mask out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from perceptserve.automatic import parameters
+from perceptserve.settings import Settings
+
+from .definitions import ModelDefinition, Runtime, Tensor
+
+SUFFIX = "_automatic"
+
+INPUTS = (Tensor("image", "STRING", (1,)),) + tuple(
+    Tensor(name, parameters.wire_type(name), (1,), optional=True) for name in parameters.NAMES
+)
+OUTPUTS = (
+    Tensor("rle_counts", "STRING", (-1,)),  # COCO compressed RLE counts, one per mask
+    Tensor("image_size", "INT64", (2,)),  # (height, width): every RLE's size
+    Tensor("boxes", "INT64", (-1, 4)),  # x0, y0, x1, y1 (inclusive; the records' bbox is XYWH)
+    Tensor("areas", "INT64", (-1,)),
+    Tensor("predicted_iou", "FP32", (-1,)),
+    Tensor("stability_score", "FP32", (-1,)),
+    Tensor("point_coords", "FP64", (-1, 2)),  # the prompt point, (x, y) image pixels
+    Tensor("crop_boxes", "INT64", (-1, 4)),  # x0, y0, x1, y1
+    Tensor("stage_seconds", "FP64", (3,)),  # encoder, decoder, post-processing
+)
+
+
+def model_name(family: str) -> str:
+    return family + SUFFIX
+
+
+def definition(
+    family: str, encoder_outputs: tuple[str, ...], decoder_flags: tuple[str, ...], settings: Settings
+) -> ModelDefinition:
+    """`<family>_automatic` over `<family>_encoder` and `<family>_decoder`. `encoder_outputs` are
+    passed to the decoder under the same names; `decoder_flags` are the decoder's runtime flags
+    among `multimask_output` and `hq_token_only`."""
+    serving = settings.automatic
+    return ModelDefinition(
+        name=model_name(family),
+        runtime=Runtime.PYTHON,
+        python_source="automatic.py",
+        inputs=INPUTS,
+        outputs=OUTPUTS,
+        instances=serving.instances,
+        parameters={
+            "family": family,
+            "encoder_model": f"{family}_encoder",
+            "decoder_model": f"{family}_decoder",
+            "encoder_outputs": ",".join(encoder_outputs),
+            "decoder_flags": ",".join(decoder_flags),
+            "max_image_pixels": str(settings.hqsam.max_image_pixels),
+            **{name: str(value) for name, value in asdict(serving.limits).items()},
+        },
+    )
