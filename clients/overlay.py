@@ -29,6 +29,17 @@ def draw_overlay(
     return picture
 
 
+def draw_masks(image: np.ndarray, masks, alpha: float = 0.5, seed: int = 0) -> Image.Image:
+    """HWC uint8 RGB photo + [H, W] bool masks -> RGB picture, each mask in its own colour
+    (largest first, so small masks stay visible on top)."""
+    colours = np.random.default_rng(seed).integers(40, 256, size=(len(masks), 3)).astype(np.float32)
+    tinted = image.astype(np.float32)
+    for index in np.argsort([-int(mask.sum()) for mask in masks]):
+        mask = masks[index]
+        tinted[mask] = (1 - alpha) * tinted[mask] + alpha * colours[index]
+    return Image.fromarray(tinted.round().astype(np.uint8))
+
+
 def save_mask(mask: np.ndarray, path) -> None:
     """[H, W] bool -> PNG with 0 and 255."""
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)

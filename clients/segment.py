@@ -1,4 +1,5 @@
-"""`perceptserve segment IMAGE --point X,Y[,LABEL] --box X0,Y0,X1,Y1 --out MASK.png`."""
+"""`perceptserve segment IMAGE --point X,Y[,LABEL] --box X0,Y0,X1,Y1 --out FILE [--format ...]`:
+the mask as a PNG, COCO RLE, polygons or a COCO file (see `mask_formats`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from perceptserve.imaging import ImageError, decode_image
 
 from .errors import ClientError
 from .hqsam import HQSamClient
-from .overlay import draw_overlay, save_mask
+from .mask_formats import format_for, write_masks
+from .overlay import draw_overlay
 
 LOCAL_PIXEL_LIMIT = 500_000_000  # only for drawing the overlay here; the server applies its own
 
@@ -56,14 +58,15 @@ def segment_file(
     hq_token_only: bool,
     out: Path,
     overlay: Path | None = None,
+    kind: str = "png",
 ) -> np.ndarray:
-    """Send the file as it is, write the mask (and overlay); return the mask."""
+    """Send the file as it is, write the mask in format `kind` (and the overlay); return the mask."""
     try:
         data = image_path.read_bytes()
     except OSError as exc:
         raise ClientError(f"cannot read {image_path}: {exc.strerror}") from None
     client.set_image_bytes(data)
-    masks, _, _ = client.predict(
+    masks, scores, _ = client.predict(
         point_coords=prompt.points,
         point_labels=prompt.labels,
         box=prompt.box,
@@ -71,8 +74,7 @@ def segment_file(
         hq_token_only=hq_token_only,
     )
     mask = masks[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_mask(mask, out)
+    write_masks(out, kind, masks[:1], scores[:1], image_path.name)
     if overlay:
         try:
             image = decode_image(data, LOCAL_PIXEL_LIMIT)
@@ -85,10 +87,13 @@ def segment_file(
 
 def segment_command(args: argparse.Namespace) -> int:
     prompt = parse_prompt(args.point, args.box)
+    kind = format_for(args.out, args.format)
     with HQSamClient(args.url) as client:
-        mask = segment_file(client, args.image, prompt, args.multimask, args.hq_token_only, args.out, args.overlay)
+        mask = segment_file(
+            client, args.image, prompt, args.multimask, args.hq_token_only, args.out, args.overlay, kind
+        )
     print(
-        f"mask {mask.shape[1]}x{mask.shape[0]}, {int(mask.sum())} pixels set -> {args.out}"
+        f"mask {mask.shape[1]}x{mask.shape[0]}, {int(mask.sum())} pixels set -> {args.out} ({kind})"
         + (f"; overlay -> {args.overlay}" if args.overlay else "")
     )
     return 0

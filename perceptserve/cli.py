@@ -78,6 +78,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return segment_command(args)
 
 
+def cmd_segment_all(args: argparse.Namespace) -> int:
+    from perceptserve.clients.segment_all import segment_all_command
+
+    return segment_all_command(args)
+
+
+def _add_generator_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per `SamAutomaticMaskGenerator` parameter; left out, the server's default."""
+    from perceptserve.automatic.parameters import FLAGS, GeneratorParameters
+
+    defaults = GeneratorParameters()
+    for name in (n for n in defaults.__dataclass_fields__ if n not in FLAGS):
+        default = getattr(defaults, name)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            metavar="N" if isinstance(default, int) else "F",
+            help=f"default {default:.4g}",
+        )
+    parser.add_argument("--no-multimask", action="store_true", help="one mask per point (multimask_output false)")
+    parser.add_argument("--hq-token-only", action="store_true", help="HQ-SAM: the HQ token's mask only")
+
+
 def cmd_annotate(args: argparse.Namespace) -> int:
     from perceptserve.clients.annotate import annotate_command
 
@@ -138,6 +161,23 @@ def cmd_bench_hqsam(args: argparse.Namespace) -> int:
     except BenchConfigError as exc:
         raise UserError(str(exc)) from None
     print(f"results written to {args.out}/results.json, results.md and latency.png")
+    return 0
+
+
+def cmd_bench_hqsam_automatic(args: argparse.Namespace) -> int:
+    from perceptserve.benchmarks.hqsam_automatic import AutomaticBench, run
+    from perceptserve.clients.segment_all import parameters_from_args
+
+    job = AutomaticBench(
+        out=args.out,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        photos=tuple(p.strip() for p in args.photos.split(",") if p.strip()),
+        parameters=parameters_from_args(args),
+        seed=args.seed,
+        repositories=args.repositories,
+    )
+    run(job, settings_module.from_env())
+    print(f"results written to {args.out}/results.json and results.md")
     return 0
 
 
@@ -218,10 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--box", metavar="X0,Y0,X1,Y1")
     segment.add_argument("--multimask", action="store_true")
     segment.add_argument("--hq-token-only", action="store_true")
-    segment.add_argument("--out", type=Path, required=True, help="mask PNG, 0/255 at the image's size")
+    segment.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="mask file: *.png (0/255), *.rle.json, *.polygons.json or *.coco.json (or say --format)",
+    )
+    segment.add_argument("--format", choices=["png", "rle", "polygons", "coco"], help="default: from --out's name")
     segment.add_argument("--overlay", type=Path, help="the photo with the mask and prompts drawn on it")
     segment.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
     segment.set_defaults(func=cmd_segment)
+
+    segment_all = commands.add_parser("segment-all", help="segment everything in an image or a folder over gRPC")
+    segment_all.add_argument("image", type=Path, help="an image, or a folder of PNG/JPEG/WebP images")
+    segment_all.add_argument(
+        "--out", type=Path, required=True, help="image: MASKS.json (the records); folder: a COCO instances file"
+    )
+    segment_all.add_argument("--overlay", type=Path, help="image only: the photo with each mask in its own colour")
+    segment_all.add_argument("--concurrency", type=int, default=2, help="folder: requests in flight at once")
+    _add_generator_arguments(segment_all)
+    segment_all.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    segment_all.set_defaults(func=cmd_segment_all)
 
     annotate = commands.add_parser("annotate", help="annotate a real photo with DatasetDM over gRPC")
     annotate.add_argument("image", type=Path)
@@ -286,6 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write perf_analyzer's input data for the hqsam ensemble (see benchmarks/README.md)",
     )
     bench_hqsam.set_defaults(func=cmd_bench_hqsam)
+    bench_automatic = bench_families.add_parser(
+        "hqsam-automatic", help="segment everything: served hqsam_automatic vs the official eager generator"
+    )
+    bench_automatic.add_argument("--models", default="vit_tiny,vit_b", help="model types, comma-separated")
+    bench_automatic.add_argument("--photos", default="astronaut", help="among astronaut, coffee, chelsea")
+    bench_automatic.add_argument("--seed", type=int, default=0, help="random weights' seed")
+    bench_automatic.add_argument(
+        "--repositories", type=Path, help="exports to reuse, one folder per model type (default: OUT/<model>)"
+    )
+    bench_automatic.add_argument("--out", type=Path, default=Path("bench-output/hqsam-automatic"))
+    _add_generator_arguments(bench_automatic)
+    bench_automatic.set_defaults(func=cmd_bench_hqsam_automatic)
     bench_datasetdm = bench_families.add_parser(
         "datasetdm", help="DatasetDM: seconds per annotated image, served vs eager diffusers + P-Decoder"
     )

@@ -1,5 +1,6 @@
 """`make demo`: export HQ-SAM, start the server, segment a real photo over gRPC with a point and
-with a box, write masks and overlays, stop the server, say where the files are."""
+with a box, segment everything in it (`hqsam_automatic`), write masks and overlays, stop the
+server, say where the files are."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from skimage import data as sample_images
 from perceptserve import settings as settings_module
 from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.clients.segment import parse_prompt, segment_file
+from perceptserve.clients.segment_all import segment_image
 from perceptserve.export.hqsam import HQSamExport, run
 from perceptserve.server.launcher import TritonServer
 
 # Prompts on skimage's astronaut (512 x 512): a point on the helmet, a box around the person.
 DEMO_PROMPTS = {"point": (["260,110"], None), "box": ([], "120,20,460,510")}
+# Random weights give noise masks that the official thresholds all reject (stability 0, low
+# predicted IoU): the demo lowers them so that segment-everything still shows its output. A real
+# checkpoint runs with the official defaults.
+RANDOM_WEIGHTS_GENERATOR = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -37,6 +43,11 @@ def run_demo(args: argparse.Namespace) -> int:
                 mask = segment_file(client, photo, parse_prompt(points, box), False, False, mask_path, overlay_path)
                 print(f"segmented with a {name}: {int(mask.sum())} of {mask.size} pixels in the mask")
                 written += [mask_path, overlay_path]
+            masks_path, overlay_path = args.out / "masks_all.json", args.out / "overlay_all.png"
+            parameters = {} if args.checkpoint else RANDOM_WEIGHTS_GENERATOR
+            records = segment_image(client, photo, masks_path, overlay_path, parameters)
+            print(f"segmented everything ({parameters or 'official defaults'}): {len(records)} masks")
+            written += [masks_path, overlay_path]
     print("server stopped. Files:")
     for path in [photo, *written, args.out / "tritonserver.log"]:
         print(f"  {path}")
