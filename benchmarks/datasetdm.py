@@ -15,7 +15,6 @@ this CPU's time budget); the tiny UNet is small enough that per-call overheads s
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from perceptserve.datasetdm.source import load
 from perceptserve.imaging import encode_png
 from perceptserve.settings import Settings
 
+from .report import write_results
 from .statistics import LatencySummary, ratio
 from .triton_statistics import delta, snapshot
 
@@ -179,9 +179,7 @@ def run(job: DatasetDMBench, settings: Settings) -> dict:
     for figures in results["uses"].values():
         figures["served_over_eager"] = ratio(figures["served"]["mean_ms"], figures["eager"]["mean_ms"])
         figures["meets_target"] = figures["served_over_eager"] is not None and figures["served_over_eager"] <= TARGET
-    (job.out / "results.json").write_text(json.dumps(results, indent=2))
-    (job.out / "results.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(job.out, results, markdown(results))
     return results
 
 

@@ -12,7 +12,6 @@ cache never answers it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from perceptserve.settings import Settings
 
 from .hqsam import _free_port
 from .records import load_average, machine_info
+from .report import write_results
 from .statistics import ratio
 
 TARGET = {"vit_b": 0.5}  # served / eager seconds per image, at most (issue 13)
@@ -140,9 +140,7 @@ def run(job: AutomaticBench, settings: Settings) -> dict:
     for model in job.models:
         results["models"][model] = bench_model(model, job, settings)
     results["load_average_end"] = load_average()
-    (job.out / "results.json").write_text(json.dumps(results, indent=2))
-    (job.out / "results.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(job.out, results, markdown(results))
     return results
 
 

@@ -10,6 +10,15 @@ from .records import SCHEMA_VERSION, BenchResult, Record
 from .statistics import ratio
 from .targets import verdicts
 
+
+def write_results(out: Path, results: dict, text: str) -> None:
+    """A benchmark's figures as `results.json` and its tables as `results.md` in `out`, and the
+    tables on stdout."""
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(text)
+    print(text)
+
+
 SERVER_COLUMNS = ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms")
 
 

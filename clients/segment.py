@@ -50,6 +50,14 @@ def parse_prompt(points: list[str], box: str | None) -> Prompt:
     )
 
 
+def decode_for_drawing(data: bytes) -> np.ndarray:
+    """The image the server was sent, decoded here to draw on (a bad file is one line)."""
+    try:
+        return decode_image(data, LOCAL_PIXEL_LIMIT)
+    except ImageError as exc:
+        raise ClientError(str(exc)) from None
+
+
 def segment_file(
     client: HQSamClient,
     image_path: Path,
@@ -76,12 +84,8 @@ def segment_file(
     mask = masks[0]
     write_masks(out, kind, masks[:1], scores[:1], image_path.name)
     if overlay:
-        try:
-            image = decode_image(data, LOCAL_PIXEL_LIMIT)
-        except ImageError as exc:
-            raise ClientError(str(exc)) from None
         overlay.parent.mkdir(parents=True, exist_ok=True)
-        draw_overlay(image, mask, prompt.points, prompt.labels, prompt.box).save(overlay)
+        draw_overlay(decode_for_drawing(data), mask, prompt.points, prompt.labels, prompt.box).save(overlay)
     return mask
 
 

@@ -22,13 +22,12 @@ from tqdm import tqdm
 
 from perceptserve.automatic import rle
 from perceptserve.automatic.parameters import NAMES
-from perceptserve.imaging import ImageError, decode_image
 
 from .errors import ClientError
 from .hqsam import HQSamClient
 from .mask_formats import add_image, coco_document, write_json
 from .overlay import draw_masks
-from .segment import LOCAL_PIXEL_LIMIT
+from .segment import decode_for_drawing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SAVE_EVERY_S = 5.0
@@ -56,12 +55,8 @@ def segment_image(client: HQSamClient, path: Path, out: Path, overlay: Path | No
     records = client.generate_masks(data, **parameters)
     write_json(out, records)
     if overlay:
-        try:
-            image = decode_image(data, LOCAL_PIXEL_LIMIT)
-        except ImageError as exc:
-            raise ClientError(str(exc)) from None
         overlay.parent.mkdir(parents=True, exist_ok=True)
-        draw_masks(image, [rle.decode(r["segmentation"]) for r in records]).save(overlay)
+        draw_masks(decode_for_drawing(data), [rle.decode(r["segmentation"]) for r in records]).save(overlay)
     return records
 
 
