@@ -25,7 +25,7 @@ from perceptserve.export.hqsam import run as export_repository
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import VERSION
-from perceptserve.server.launcher import TritonServer
+from perceptserve.server import TritonServer, free_port
 from skimage import data as sample_images
 
 from perceptserve.automatic import rle
@@ -33,7 +33,6 @@ from perceptserve.hqsam.official import SamAutomaticMaskGenerator, SamPredictor
 from perceptserve.imaging import encode_png
 from perceptserve.settings import Settings
 
-from .hqsam import _free_port
 from .records import load_average, machine_info
 from .report import write_results
 from .statistics import ratio
@@ -104,7 +103,7 @@ def bench_model(model: str, job: AutomaticBench, settings: Settings) -> dict:
         export_repository(export, settings)
     sam = load_model(export)
     results = {"photos": {}}
-    ports = dict(grpc_port=_free_port(), http_port=_free_port(), metrics_port=_free_port())
+    ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server_settings = dataclasses.replace(settings.server, **ports)
     with TritonServer(repository, "cpu", server_settings, log_file=job.out / f"tritonserver-{model}.log") as server:
         with HQSamClient(server.grpc_url) as client:
