@@ -24,12 +24,14 @@ pytestmark = pytest.mark.server
 
 KEEP_ALL = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0)
 CASES = {
-    "astronaut grid": ("astronaut", dict(points_per_side=5, points_per_batch=8, **KEEP_ALL)),
     "coffee one crop layer": (
         "coffee",
         dict(points_per_side=5, crop_n_layers=1, crop_n_points_downscale_factor=2, crop_overlap_ratio=0.2, **KEEP_ALL),
     ),
-    "portrait small regions": ("chelsea_portrait", dict(points_per_side=5, min_mask_region_area=200, **KEEP_ALL)),
+    "portrait small regions, several decoder batches": (
+        "chelsea_portrait",
+        dict(points_per_side=5, points_per_batch=8, min_mask_region_area=200, **KEEP_ALL),
+    ),
 }
 
 
