@@ -1,12 +1,14 @@
 """`perceptserve bench datasetdm`: seconds per annotated image, served against eager, in one run.
 
 Two uses, each timed per image over the same seeds and photos:
-- generate: text -> image + class map + depth. Served: `datasetdm_generate` (the whole loop in
-  the server, `batch` seeds per request). Eager: diffusers' UNet, VAE and PNDM scheduler in
+- generate: text -> image + class map, depth, instances, keypoints. Served: `datasetdm_generate`
+  (the whole loop in the server, `batch` seeds per request). Eager: diffusers' UNet, VAE and PNDM scheduler in
   PyTorch, driven by the same loop as the served model, with the feature capture on the last
   step and the P-Decoders in PyTorch (DatasetDM's way: capture + decoder in the same run).
-- annotate: photo -> class map + depth. Served: the `datasetdm_annotate` ensemble. Eager: VAE
-  encode, noise, feature capture and P-Decoders in PyTorch.
+- annotate: photo -> class map, depth, instances, keypoints. Served: the `datasetdm_annotate`
+  ensemble. Eager: VAE encode, noise, feature capture and P-Decoders in PyTorch.
+Then each task's cost on top of generation: served generate with every task against every task
+but that one.
 The server's breakdown (Triton's per-model statistics over the timed runs: UNet, feature
 extractor, VAE, text encoder, decoders, python steps) is written beside the times, to
 `results.json` and `results.md`. On the tiny random pipeline only (real checkpoints do not fit
@@ -31,7 +33,11 @@ from perceptserve.server.launcher import TritonServer
 from skimage import data as sample_images
 from skimage.transform import resize
 
-from perceptserve.datasetdm.features import GROUPS
+from perceptserve.datasetdm import instances
+from perceptserve.datasetdm.features import GROUPS, TASKS
+from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES
+from perceptserve.datasetdm.layers import scaled_size
+from perceptserve.datasetdm.pose_decoder import read_keypoints
 from perceptserve.datasetdm.sampling import annotation_latents, denoise, initial_latents
 from perceptserve.datasetdm.source import load
 from perceptserve.imaging import encode_png
@@ -41,7 +47,7 @@ from .report import write_results
 from .statistics import LatencySummary, ratio
 from .triton_statistics import delta, snapshot
 
-PROMPT, CLASSES = "a photo of a cat on a sofa", ["cat", "sofa"]
+PROMPT, CLASSES = "a photo of a cat on a couch", ["cat", "couch"]
 TARGET = 0.8  # served seconds per image / eager, at most (issue 7, tiny pipeline on this CPU)
 MODELS = (
     serving.GENERATE,
@@ -49,7 +55,7 @@ MODELS = (
     serving.ANNOTATE_PREPROCESS,
     serving.ANNOTATE_NOISE,
     serving.ANNOTATE_POSTPROCESS,
-    *exported.model_names(("semantic", "depth")),
+    *exported.model_names(TASKS),
 )
 
 
@@ -76,9 +82,15 @@ class Eager:
         self.diffusion = self.models.diffusion
 
     def _decode(self, raw, classes):
+        """Every decoder, with the instance inference and keypoint reading the served models run."""
         decoders = self.models.decoders
         class_map, _ = decoders["semantic"].reference(raw, classes)
-        return class_map, decoders["depth"].reference(raw) if "depth" in decoders else None
+        logits, masks = decoders["instance"].reference(raw)
+        size = scaled_size(raw[-1], self.diffusion.vae_scale, 1)
+        labels = instances.category_labels(CLASSES, COCO_CATEGORIES)
+        found = [instances.infer(lg, mk, labels, size, 20, 0.0) for lg, mk in zip(logits, masks, strict=True)]
+        keypoints = read_keypoints(decoders["pose"].reference(raw), size)
+        return class_map, decoders["depth"].reference(raw), found, keypoints
 
     @torch.no_grad()
     def generate(self, seeds: list[int], steps: int, side: int, guidance: float):
@@ -137,7 +149,7 @@ def _photos(count: int, side: int) -> list[np.ndarray]:
 
 def run(job: DatasetDMBench, settings: Settings) -> dict:
     job.out.mkdir(parents=True, exist_ok=True)
-    export = DatasetDMExport(repository=job.repository or job.out / "repository", tasks=("semantic", "depth"))
+    export = DatasetDMExport(repository=job.repository or job.out / "repository", tasks=TASKS)
     if job.repository is None:
         export_repository(export, settings)
     eager = Eager(export)
@@ -159,7 +171,14 @@ def run(job: DatasetDMBench, settings: Settings) -> dict:
             calls = {
                 "generate": (
                     lambda b: gen.generate(
-                        PROMPT, CLASSES, b, steps=job.steps, guidance=job.guidance, height=job.side, width=job.side
+                        PROMPT,
+                        CLASSES,
+                        b,
+                        steps=job.steps,
+                        guidance=job.guidance,
+                        height=job.side,
+                        width=job.side,
+                        score_threshold=0.0,
                     ),
                     seed_batches,
                 ),
@@ -175,12 +194,34 @@ def run(job: DatasetDMBench, settings: Settings) -> dict:
                 breakdown = {m: s for m, s in delta(before, snapshot(raw, MODELS)).items() if s["requests"]}
                 results["uses"][use]["served"] = summary.to_json()
                 results["uses"][use]["server_breakdown"] = breakdown
+            results["task_costs"] = task_costs(gen, job, seed_batches)
         raw.close()
     for figures in results["uses"].values():
         figures["served_over_eager"] = ratio(figures["served"]["mean_ms"], figures["eager"]["mean_ms"])
         figures["meets_target"] = figures["served_over_eager"] is not None and figures["served_over_eager"] <= TARGET
     write_results(job.out, results, markdown(results))
     return results
+
+
+def task_costs(client: DatasetDMGenerateClient, job: DatasetDMBench, batches: list[list[int]]) -> dict:
+    """Each task's cost on top of generation: served seconds per image with every task, and
+    without each one in turn (the same seeds, one after the other); the difference is the task's
+    decoder and its post-processing (instance inference, RLE)."""
+
+    def seconds(tasks) -> float:
+        def call(seeds):
+            client.generate(
+                PROMPT, CLASSES, seeds, steps=job.steps, guidance=job.guidance, height=job.side, width=job.side,
+                tasks=tasks, score_threshold=0.0,
+            )  # fmt: skip
+
+        return _per_image(call, batches).mean_ms / 1e3
+
+    every = seconds(list(TASKS))
+    costs = {"all tasks s/image": every}
+    for task in TASKS:
+        costs[task] = every - seconds([t for t in TASKS if t != task])
+    return costs
 
 
 def markdown(results: dict) -> str:
@@ -197,6 +238,17 @@ def markdown(results: dict) -> str:
             f"| {use} | {f['eager']['mean_ms'] / 1e3:.3f} | {f['served']['mean_ms'] / 1e3:.3f} | "
             f"{f['served_over_eager']:.2f}x | {'met' if f['meets_target'] else 'missed'} |"
         )
+    costs = results.get("task_costs")
+    if costs:
+        lines += [
+            "",
+            f"## each task's cost on top of generation (generate, all tasks: {costs['all tasks s/image']:.3f} s/image)",
+            "",
+            "| task | s/image (all tasks minus all but it) | share of the generation |",
+            "|---|---|---|",
+        ]
+        total = costs["all tasks s/image"]
+        lines += [f"| {task} | {costs[task]:.4f} | {costs[task] / total:.1%} |" for task in TASKS]
     for use, f in results["uses"].items():
         lines += [
             "",

@@ -5,6 +5,9 @@ interrupted and resumed without redoing or losing finished items.
     OUT/Mask/{class}_{seed}.png      class indices (0 background, k the k-th class name)
     OUT/Depth/{class}_{seed}.png     depth / max * 255, 8-bit (DatasetDM: / max * 256), if served
     OUT/Preview/{class}_{seed}.jpg   the image beside its coloured mask
+    OUT/Preview/{class}_{seed}_instances.jpg, _pose.jpg   where those tasks are served
+    OUT/annotations/instances.json, person_keypoints.json   COCO files (`coco.py`), rebuilt
+                                     from the items in the manifest
     OUT/manifest.jsonl               one JSON line per finished item
 
 An item's files are written first and its manifest line last (flushed and synced), so the
@@ -23,11 +26,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import coco
+from .datasetdm import Annotation
 from .errors import ClientError
+from .overlay import draw_instances, draw_pose
 
 MANIFEST = "manifest.jsonl"
 # What must match for a resumed run to continue a dataset rather than mix two.
-RUN_KEYS = ("prompt", "negative_prompt", "classes", "steps", "guidance", "height", "width")
+RUN_KEYS = (
+    "prompt",
+    "negative_prompt",
+    "classes",
+    "steps",
+    "guidance",
+    "height",
+    "width",
+    "max_instances",
+    "score_threshold",
+    "keypoint_threshold",
+)
 
 
 def palette(count: int) -> np.ndarray:
@@ -72,6 +89,9 @@ class RunSpec:
     negative_prompt: str = ""
     height: int | None = None
     width: int | None = None
+    max_instances: int | None = None  # None: the server's default (DatasetDM's 20)
+    score_threshold: float | None = None  # None: the server's default (0.4)
+    keypoint_threshold: float = coco.KEYPOINT_THRESHOLD
     models: dict[str, list[str]] = field(default_factory=dict)  # served model -> versions
 
 
@@ -90,6 +110,7 @@ class Dataset:
                 self._check_same_run(entry)
                 if all((self.root / path).exists() for path in entry["files"].values()):
                     self.done[entry["seed"]] = entry
+        self.write_coco()  # a run killed between an item's manifest line and the rebuild
 
     def _check_same_run(self, entry: dict) -> None:
         ours = asdict(self.spec)
@@ -103,19 +124,35 @@ class Dataset:
     def pending(self, seeds: list[int]) -> list[int]:
         return [seed for seed in seeds if seed not in self.done]
 
-    def add(self, seed: int, image: np.ndarray, class_map: np.ndarray, depth: np.ndarray | None) -> dict:
-        """Write one item's files, then its manifest line; return the entry."""
+    def add(self, seed: int, image: np.ndarray, annotation: Annotation) -> dict:
+        """Write one item's files (its COCO record among them), then its manifest line; return
+        the entry. `write_coco` brings the COCO files up to date."""
         stem = file_stem(self.spec.classes[0], seed)
         files = {"image": f"Image/{stem}.jpg", "mask": f"Mask/{stem}.png", "preview": f"Preview/{stem}.jpg"}
-        if depth is not None:
+        pictures = {"mask": Image.fromarray(annotation.class_map.astype(np.uint8))}
+        pictures["preview"] = preview(image, annotation.class_map)
+        if annotation.depth is not None:
             files["depth"] = f"Depth/{stem}.png"
+            pictures["depth"] = depth_png(annotation.depth)
+        if annotation.instances is not None:
+            files["instances_preview"] = f"Preview/{stem}_instances.jpg"
+            masks = [mask_of(instance.rle) for instance in annotation.instances]
+            pictures["instances_preview"] = draw_instances(image, masks, [i.box for i in annotation.instances])
+        if annotation.keypoints is not None:
+            files["pose_preview"] = f"Preview/{stem}_pose.jpg"
+            pictures["pose_preview"] = draw_pose(
+                image, annotation.keypoints, coco.SKELETON, self.spec.keypoint_threshold
+            )
+        if annotation.instances is not None or annotation.keypoints is not None:
+            files["coco"] = coco.record_path(stem)
         for path in files.values():
             (self.root / path).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(self.root / files["image"], quality=95)
-        Image.fromarray(class_map.astype(np.uint8)).save(self.root / files["mask"])
-        preview(image, class_map).save(self.root / files["preview"], quality=90)
-        if depth is not None:
-            depth_png(depth).save(self.root / files["depth"])
+        for name, picture in pictures.items():
+            picture.save(self.root / files[name], quality=90)
+        if "coco" in files:
+            record = coco.item_record(files["image"], annotation, image.shape[:2], self.spec.keypoint_threshold)
+            coco.write_record(self.root / files["coco"], record)
         entry = {"seed": seed, **asdict(self.spec), "files": files}
         with open(self.root / MANIFEST, "a") as manifest:
             manifest.write(json.dumps(entry) + "\n")
@@ -123,3 +160,16 @@ class Dataset:
             os.fsync(manifest.fileno())
         self.done[seed] = entry
         return entry
+
+    def write_coco(self) -> list[Path]:
+        """Rebuild the COCO files from the items in the manifest, by seed."""
+        entries = [self.done[seed] for seed in sorted(self.done) if "coco" in self.done[seed]["files"]]
+        records = [coco.read_record(self.root / entry["files"]["coco"]) for entry in entries]
+        return coco.write(self.root, records, self.spec.classes) if records else []
+
+
+def mask_of(rle: dict) -> np.ndarray:
+    """A COCO RLE (counts as text) -> its (H, W) bool mask."""
+    from pycocotools import mask
+
+    return mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)

@@ -14,6 +14,7 @@ status (INVALID_ARGUMENT for bad input) and message.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,16 +28,61 @@ from .hqsam import _input, _to_client_error
 
 
 @dataclass
+class Instance:
+    rle: dict  # COCO RLE: {"size": [H, W], "counts": str}, `pycocotools.mask.decode`s to the mask
+    category: int  # k: the k-th class name (1-based, as in the class map)
+    score: float
+    box: list[float]  # COCO's [x, y, width, height]
+
+
+@dataclass
 class Annotation:
-    class_map: np.ndarray  # (H, W) int32: 0 background, k the k-th class name
-    class_scores: np.ndarray  # (K,) float32
-    depth: np.ndarray | None  # (H, W) float32 where the depth decoder was exported
+    """One image's annotations; a task not asked for (or not served) is None."""
+
+    class_map: np.ndarray | None  # (H, W) int32: 0 background, k the k-th class name
+    class_scores: np.ndarray | None  # (K,) float32
+    depth: np.ndarray | None = None  # (H, W) float32
+    instances: list[Instance] | None = None
+    keypoints: np.ndarray | None = None  # (17, 3): x, y, score in image pixels, COCO's order
 
 
 @dataclass
 class Generation(Annotation):
-    seed: int
-    image: np.ndarray  # (H, W, 3) uint8 RGB
+    seed: int = 0
+    image: np.ndarray | None = None  # (H, W, 3) uint8 RGB
+
+
+def _annotations(out: dict[str, np.ndarray], count: int, size: tuple[int, int]) -> list[Annotation]:
+    """The outputs of `count` images (`TASK_OUTPUTS` of the tasks asked for) -> one Annotation each."""
+
+    def per_image(name: str, index: int):
+        return None if name not in out else out[name][index]
+
+    instances: list[list[Instance] | None] = [None] * count
+    if "instance_counts" in out:
+        bounds = np.concatenate([[0], np.cumsum(out["instance_counts"])])
+        instances = [
+            [
+                Instance(
+                    rle={"size": list(size), "counts": out["instance_rle"][i].decode("ascii")},
+                    category=int(out["instance_classes"][i]),
+                    score=float(out["instance_scores"][i]),
+                    box=[float(v) for v in out["instance_boxes"][i]],
+                )
+                for i in range(bounds[b], bounds[b + 1])
+            ]
+            for b in range(count)
+        ]
+    return [
+        Annotation(
+            class_map=per_image("class_map", b),
+            class_scores=per_image("class_scores", b),
+            depth=None if "depth" not in out else out["depth"][b, 0],
+            instances=instances[b],
+            keypoints=per_image("keypoints", b),
+        )
+        for b in range(count)
+    ]
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:
@@ -50,25 +96,45 @@ class _Client:
         self.timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(url)
 
-    def _infer(self, inputs) -> dict[str, np.ndarray]:
+    def _infer(self, inputs, tasks: Sequence[str] | None, max_instances, score_threshold) -> dict[str, np.ndarray]:
+        """Run with the task options; reads the outputs of `tasks` (None: every served task).
+        A task not served is sent as asked, for the server to refuse by name."""
+        if tasks is not None:
+            inputs.append(_input(grpcclient, "tasks", _strings(tasks), "BYTES"))
+        if max_instances is not None:
+            inputs.append(_input(grpcclient, "max_instances", np.array([max_instances], dtype=np.int32), "INT32"))
+        if score_threshold is not None:
+            inputs.append(_input(grpcclient, "score_threshold", np.array([score_threshold], dtype=np.float32), "FP32"))
         try:
-            config = self._outputs()
+            served = self.served_tasks()
+            names = [
+                t.name
+                for task in (served if tasks is None else tasks)
+                if task in served
+                for t in api.TASK_OUTPUTS[task]
+            ]
             response = self._client.infer(
                 self.model_name,
                 inputs,
                 client_timeout=self.timeout_s,
-                outputs=[grpcclient.InferRequestedOutput(n) for n in config],
+                outputs=[grpcclient.InferRequestedOutput(n) for n in [*self._leading_outputs, *names]],
             )
         except InferenceServerException as exc:
             raise _to_client_error(exc) from None
-        return {name: response.as_numpy(name) for name in config}
+        return {name: response.as_numpy(name) for name in [*self._leading_outputs, *names]}
 
-    def _outputs(self) -> list[str]:
-        """The model's outputs as served (depth only where it was exported), read once."""
-        if not hasattr(self, "_output_names"):
-            metadata = self._client.get_model_metadata(self.model_name)
-            self._output_names = [output.name for output in metadata.outputs]
-        return self._output_names
+    _leading_outputs: tuple[str, ...] = ()  # outputs read whatever the tasks
+
+    def served_tasks(self) -> list[str]:
+        """The tasks this model serves (the decoders exported), from its outputs, read once."""
+        if not hasattr(self, "_served"):
+            try:
+                metadata = self._client.get_model_metadata(self.model_name)
+            except InferenceServerException as exc:
+                raise _to_client_error(exc) from None
+            outputs = {output.name for output in metadata.outputs}
+            self._served = [task for task, tensors in api.TASK_OUTPUTS.items() if tensors[0].name in outputs]
+        return self._served
 
     def model_versions(self) -> dict[str, list[str]]:
         """The served versions of this model, for a dataset's manifest."""
@@ -95,22 +161,35 @@ class DatasetDMAnnotateClient(_Client):
     ) -> None:
         super().__init__(url, model_name, timeout_s)
 
-    def annotate(self, image: bytes, prompt: str, class_names: Sequence[str], seed: int = 0) -> Annotation:
+    def annotate(
+        self,
+        image: bytes,
+        prompt: str,
+        class_names: Sequence[str],
+        seed: int = 0,
+        tasks: Sequence[str] | None = None,
+        max_instances: int | None = None,
+        score_threshold: float | None = None,
+    ) -> Annotation:
         """`image`: PNG / JPEG / WebP bytes as they are; `prompt`: the caption (DatasetDM's
-        training prompts name the classes); `seed`: the annotation noise's."""
+        training prompts name the classes); `seed`: the annotation noise's; `tasks`: the
+        annotations to return (None: every served one); the instance limits (None: the server's,
+        DatasetDM's 20 and 0.4)."""
         inputs = [
             _input(grpcclient, "image", np.array([bytes(image)], dtype=np.object_), "BYTES"),
             _input(grpcclient, "prompt", _strings([prompt]), "BYTES"),
             _input(grpcclient, "class_names", _strings(class_names), "BYTES"),
             _input(grpcclient, "seed", np.array([seed], dtype=np.int64), "INT64"),
         ]
-        out = self._infer(inputs)
-        depth = out.get("depth")
-        return Annotation(out["class_map"][0], out["class_scores"][0], None if depth is None else depth[0, 0])
+        out = self._infer(inputs, tasks, max_instances, score_threshold)
+        size = _image_size(image)
+        return _annotations(out, 1, size)[0]
 
 
 class DatasetDMGenerateClient(_Client):
     """The `datasetdm_generate` model: text -> images with their annotations, one loop per call."""
+
+    _leading_outputs = ("image",)
 
     def __init__(
         self, url: str = "127.0.0.1:8001", model_name: str = api.GENERATE, timeout_s: float | None = None
@@ -127,6 +206,9 @@ class DatasetDMGenerateClient(_Client):
         negative_prompt: str = "",
         height: int | None = None,
         width: int | None = None,
+        tasks: Sequence[str] | None = None,
+        max_instances: int | None = None,
+        score_threshold: float | None = None,
     ) -> list[Generation]:
         """One image per seed, denoised together; the image for a seed is diffusers'
         `StableDiffusionPipeline` image for `torch.Generator("cpu").manual_seed(seed)`."""
@@ -141,18 +223,27 @@ class DatasetDMGenerateClient(_Client):
         for name, value in (("height", height), ("width", width)):
             if value is not None:
                 inputs.append(_input(grpcclient, name, np.array([value], dtype=np.int32), "INT32"))
-        out = self._infer(inputs)
-        depth = out.get("depth")
+        out = self._infer(inputs, tasks, max_instances, score_threshold)
+        size = out["image"].shape[1:3]
         return [
-            Generation(
-                out["class_map"][i],
-                out["class_scores"][i],
-                None if depth is None else depth[i, 0],
-                seed=int(seed),
-                image=out["image"][i],
-            )
-            for i, seed in enumerate(seeds)
+            Generation(**vars(annotation), seed=int(seed), image=out["image"][i])
+            for i, (seed, annotation) in enumerate(zip(seeds, _annotations(out, len(seeds), size), strict=True))
         ]
 
 
-__all__ = ["Annotation", "ClientError", "DatasetDMAnnotateClient", "DatasetDMGenerateClient", "Generation"]
+def _image_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of encoded image bytes, from the header."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.height, image.width
+
+
+__all__ = [
+    "Annotation",
+    "ClientError",
+    "DatasetDMAnnotateClient",
+    "DatasetDMGenerateClient",
+    "Generation",
+    "Instance",
+]

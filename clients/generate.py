@@ -47,6 +47,8 @@ def generate_dataset(
             negative_prompt=spec.negative_prompt,
             height=spec.height,
             width=spec.width,
+            max_instances=spec.max_instances,
+            score_threshold=spec.score_threshold,
         )
 
     with tqdm(
@@ -71,9 +73,10 @@ def generate_dataset(
                         bar.write(f"seed {seed} failed: {exc}")
                         bar.update(1)
             for item in items:
-                dataset.add(item.seed, item.image, item.class_map, item.depth)
+                dataset.add(item.seed, item.image, item)
                 result.written.append(item.seed)
                 bar.update(1)
+            dataset.write_coco()
     return result
 
 
@@ -90,6 +93,9 @@ def generate_command(args: argparse.Namespace) -> int:
             args.negative_prompt,
             args.height,
             args.width,
+            args.max_instances,
+            args.score_threshold,
+            args.keypoint_threshold,
             models=client.model_versions(),
         )
         dataset = Dataset(args.out, spec)
@@ -97,7 +103,7 @@ def generate_command(args: argparse.Namespace) -> int:
         result = generate_dataset(client, dataset, seeds, args.batch)
     print(
         f"{len(result.written)} images written, {len(result.skipped)} already there, {len(result.failed)} failed "
-        f"-> {args.out} (Image/, Mask/, Preview/, manifest.jsonl)"
+        f"-> {args.out} (Image/, Mask/, Preview/, annotations/, manifest.jsonl)"
     )
     for seed, error in result.failed.items():
         print(f"  seed {seed}: {error}", file=sys.stderr)

@@ -43,3 +43,32 @@ def draw_masks(image: np.ndarray, masks, alpha: float = 0.5, seed: int = 0) -> I
 def save_mask(mask: np.ndarray, path) -> None:
     """[H, W] bool -> PNG with 0 and 255."""
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+
+
+def draw_instances(image: np.ndarray, masks: list[np.ndarray], boxes: list, alpha: float = 0.5) -> Image.Image:
+    """The image with each instance mask tinted in its own colour and its box drawn."""
+    from .dataset import palette
+
+    colours = palette(len(masks) + 1)[1:].astype(np.float32)
+    tinted = image.astype(np.float32)
+    for mask, colour in zip(masks, colours, strict=True):
+        tinted[mask] = (1 - alpha) * tinted[mask] + alpha * colour
+    picture = Image.fromarray(tinted.round().astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for (x, y, w, h), colour in zip(boxes, colours, strict=True):
+        draw.rectangle([x, y, x + w, y + h], outline=tuple(int(c) for c in colour), width=2)
+    return picture
+
+
+def draw_pose(image: np.ndarray, keypoints: np.ndarray, skeleton, threshold: float) -> Image.Image:
+    """The image with the keypoints scoring at least `threshold` and the skeleton between them."""
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    radius = max(2, round(max(image.shape[:2]) / 120))
+    visible = keypoints[:, 2] >= threshold
+    for first, second in skeleton:  # COCO's pairs are 1-based
+        if visible[first - 1] and visible[second - 1]:
+            draw.line([*keypoints[first - 1, :2], *keypoints[second - 1, :2]], fill=(0, 200, 255), width=2)
+    for x, y, _ in keypoints[visible]:
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 60, 0), outline=(255, 255, 255))
+    return picture

@@ -29,6 +29,8 @@ from skimage.transform import resize as resize_image
 from perceptserve.datasetdm import checkpoint, export_modules, layers, tiny
 from perceptserve.datasetdm.depth_decoder import DepthConfig, DepthDecoder
 from perceptserve.datasetdm.features import GROUPS, TASKS, FeatureExtractor
+from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES, InstanceConfig, InstanceDecoder
+from perceptserve.datasetdm.pose_decoder import PoseConfig, PoseDecoder
 from perceptserve.datasetdm.semantic_decoder import SemanticConfig, SemanticDecoder
 from perceptserve.datasetdm.source import Diffusion, load
 from perceptserve.errors import UserError
@@ -56,6 +58,8 @@ class DatasetDMExport:
     seed: int = 0
     semantic: SemanticConfig | None = None  # None: DatasetDM's (for the tiny pipeline, tiny.SEMANTIC)
     depth: DepthConfig | None = None
+    instance: InstanceConfig | None = None
+    pose: PoseConfig | None = None
     parity_size: tuple[int, int] = (256, 256)  # image (height, width), multiples of 64
     parity_prompts: tuple[str, ...] = ("a photo of a man on a mountain top at sunset", "a photo of a cat on a sofa")
     parity_classes: tuple[str, ...] = ("person", "cat", "sofa")
@@ -96,19 +100,28 @@ def decoder_paths(values: list[str], tasks: tuple[str, ...]) -> dict[str, Path]:
     return paths
 
 
-def build_decoder(task: str, diffusion: Diffusion, job: DatasetDMExport) -> SemanticDecoder | DepthDecoder:
+Decoder = SemanticDecoder | DepthDecoder | InstanceDecoder | PoseDecoder
+# task -> (decoder class, DatasetDM's config, the tiny pipeline's config)
+DECODER_KINDS = {
+    "semantic": (SemanticDecoder, SemanticConfig(), tiny.SEMANTIC),
+    "depth": (DepthDecoder, DepthConfig(), tiny.DEPTH),
+    "instance": (InstanceDecoder, InstanceConfig(), tiny.INSTANCE),
+    "pose": (PoseDecoder, PoseConfig(), tiny.POSE),
+}
+
+
+def build_decoder(task: str, diffusion: Diffusion, job: DatasetDMExport) -> Decoder:
     """The task's decoder for this UNet: its checkpoint loaded strictly, or seeded random weights."""
-    tiny_pipeline = job.diffusion is None
-    if task == "semantic":
-        config = job.semantic or (tiny.SEMANTIC if tiny_pipeline else SemanticConfig(context_dim=diffusion.text_width))
-    else:
-        config = job.depth or (tiny.DEPTH if tiny_pipeline else DepthConfig())
+    kind, default, tiny_config = DECODER_KINDS[task]
+    config = getattr(job, task) or (tiny_config if job.diffusion is None else default)
+    if hasattr(config, "context_dim") and job.diffusion is not None and getattr(job, task) is None:
+        config = dataclasses.replace(config, context_dim=diffusion.text_width)
     state = checkpoint.read_state_dict(job.decoders[task], "decoder checkpoint") if job.decoders else None
-    if task == "semantic" and state is not None:
+    if state is not None and hasattr(config, "with_checkpoint_shapes"):
         config = config.with_checkpoint_shapes(state)
     config = dataclasses.replace(config, image_scale=diffusion.vae_scale)
     torch.manual_seed(job.seed + TASKS.index(task))
-    decoder = (SemanticDecoder if task == "semantic" else DepthDecoder)(diffusion.layout, config)
+    decoder = kind(diffusion.layout, config)
     if state is not None:
         checkpoint.load_strict(decoder, state, f"{task} decoder")
     return decoder.eval().requires_grad_(False)
@@ -129,12 +142,12 @@ class Models:
 
     diffusion: Diffusion
     extractor: FeatureExtractor
-    decoders: dict[str, SemanticDecoder | DepthDecoder]
+    decoders: dict[str, Decoder]
 
 
 def prepare(job: DatasetDMExport, diffusion: Diffusion) -> Models:
     """Decoders for `job.tasks` and the feature extractor carrying their projections."""
-    decoders = {task: build_decoder(task, diffusion, job) for task in job.tasks}
+    decoders = {task: build_decoder(task, diffusion, job) for task in TASKS if task in job.tasks}
     projections = {task: decoder.projection_weights() for task, decoder in decoders.items()}
     extractor = FeatureExtractor(diffusion.unet, diffusion.layout, projections).eval()
     if not job.decoders:
@@ -154,6 +167,8 @@ def calibrate(decoders: dict, extractor: FeatureExtractor, diffusion: Diffusion,
     for task, decoder in decoders.items():
         inputs = (raw, classes) if task == "semantic" else (raw,)
         layers.calibrate_batch_norms_(decoder, lambda d=decoder, i=inputs: d.reference(*i))
+        if task == "instance":
+            decoder.sharpen_random_logits_(decoder.reference(raw)[0])
 
 
 def export_models(models: Models, job: DatasetDMExport, steps: Steps) -> dict[str, Path]:
@@ -245,16 +260,24 @@ def copy_serving_assets(source: Path, repository: Path) -> None:
                 raise ExportError(f"{source} has no {asset}/ folder")
 
 
-def write_repository(
-    job: DatasetDMExport, diffusion: Diffusion, shapes: names.ExportedShapes, settings: Settings
-) -> None:
+def write_repository(job: DatasetDMExport, diffusion: Diffusion, decoders: dict, settings: Settings) -> None:
     """Configs of the exported models, then the serving models (annotate ensemble, generate),
     which need the semantic decoder."""
     default_side = diffusion.unet.config.sample_size * diffusion.vae_scale
+    shapes = exported_shapes(diffusion, decoders)
     definitions = names.definitions(settings, shapes)
     if "semantic" in shapes.widths:  # both served uses return the semantic class map
         copy_serving_assets(job.diffusion or job.tiny_source, job.repository)
-        definitions += serving.definitions(settings, shapes, default_side, diffusion.vae_scale)
+        candidates = 0
+        if "instance" in decoders:
+            config, categories = decoders["instance"].config, settings.datasetdm.instance_categories
+            if len(categories or COCO_CATEGORIES) != config.num_classes:
+                raise ExportError(
+                    f"the instance decoder has {config.num_classes} categories: name them, in its label order, "
+                    "in PERCEPTSERVE_DATASETDM_INSTANCE_CATEGORIES (comma-separated; COCO's 80 by default)"
+                )
+            candidates = config.top_k
+        definitions += serving.definitions(settings, shapes, default_side, diffusion.vae_scale, candidates)
     write_models(job.repository, definitions, settings)
 
 
@@ -276,7 +299,7 @@ def run(job: DatasetDMExport, settings: Settings) -> parity.ParityReport:
             for path in paths.values():
                 onnx_io.to_fp16(path)
     with steps.step("writing the model repository configs (cpu and gpu) and the serving models"):
-        write_repository(job, diffusion, exported_shapes(diffusion, models.decoders), settings)
+        write_repository(job, diffusion, models.decoders, settings)
     with steps.step("parity check against diffusers, transformers and DatasetDM's decoder order"):
         report = parity.check(
             diffusion, models.extractor, models.decoders, job.repository, parity_example(job), job.precision

@@ -179,4 +179,40 @@ def check(
     if "depth" in decoders:
         depth = decoders["depth"].reference(raw).numpy()
         report.add(f"depth decoder: depth, {size}", onnx(names.DECODERS["depth"], **projected["depth"])["depth"], depth)
+    if "instance" in decoders:
+        logits, masks = decoders["instance"].reference(raw)
+        ours = onnx(names.DECODERS["instance"], **projected["instance"])
+        limit = report.tolerance.masked
+        report.add(
+            f"instance decoder: class_logits, {logits.shape[1]} queries", ours["class_logits"], logits.numpy(), limit
+        )
+        report.add(f"instance decoder: mask_logits, {size}", ours["mask_logits"], masks.numpy(), limit)
+    if "pose" in decoders:
+        heatmaps = decoders["pose"].reference(raw)
+        ours = onnx(names.DECODERS["pose"], **projected["pose"])
+        report.add(f"pose decoder: heatmaps, {size}", ours["heatmaps"], heatmaps.numpy())
+        full = torch.nn.functional.interpolate(heatmaps, size=tuple(example.images.shape[-2:]), mode="bilinear")
+        reference = datasetdm_keypoints(full.numpy())
+        close = np.abs(ours["keypoints"][..., :2] - reference[..., :2]).max(-1) <= 0.25
+        report.agreements.append((f"pose decoder: keypoints within 1/4 pixel, {size}", float(close.mean())))
+        report.add(f"pose decoder: keypoint scores, {size}", ours["keypoints"][..., 2], reference[..., 2])
     return report
+
+
+def datasetdm_keypoints(heatmaps: np.ndarray) -> np.ndarray:
+    """DatasetDM's reading of heatmaps already at the image size (`get_max_preds`, then a quarter
+    pixel towards the higher neighbour inside the border), in numpy, as its script does:
+    (B, K, H, W) -> (B, K, 3) x, y, maximum."""
+    batch, joints, height, width = heatmaps.shape
+    flat = heatmaps.reshape(batch, joints, -1)
+    index, maxvals = flat.argmax(2), flat.max(2)
+    coords = np.stack([index % width, np.floor(index / width)], axis=-1).astype(np.float32)
+    coords *= (maxvals > 0)[..., None]
+    for n in range(batch):
+        for p in range(joints):
+            hm = heatmaps[n, p]
+            px, py = int(np.floor(coords[n, p, 0] + 0.5)), int(np.floor(coords[n, p, 1] + 0.5))
+            if 1 < px < width - 1 and 1 < py < height - 1:
+                diff = np.array([hm[py][px + 1] - hm[py][px - 1], hm[py + 1][px] - hm[py - 1][px]])
+                coords[n, p] += np.sign(diff) * 0.25
+    return np.concatenate([coords, maxvals[..., None]], axis=-1)

@@ -6,6 +6,8 @@ each an ONNX model. Their tensors below are the contract the serving models buil
         datasetdm_text_encoder outputs) -> {task}_{low,mid,high,highest}
         -> datasetdm_semantic_decoder (+ the class names' text embeddings) -> class_map, class_scores
         -> datasetdm_depth_decoder -> depth
+        -> datasetdm_instance_decoder -> class_logits, mask_logits (instance inference in python)
+        -> datasetdm_pose_decoder -> heatmaps, keypoints (x, y, score at the image size)
     generate (from text):     datasetdm_unet in the denoising loop, on the [empty prompt; prompt]
         doubled batch (guidance combined by the caller); the last step through datasetdm_features,
         which returns both noise predictions too; latents -> datasetdm_vae_decoder -> image
@@ -29,7 +31,13 @@ UNET = "datasetdm_unet"
 VAE_ENCODER = "datasetdm_vae_encoder"
 VAE_DECODER = "datasetdm_vae_decoder"
 FEATURES = "datasetdm_features"
-DECODERS = {"semantic": "datasetdm_semantic_decoder", "depth": "datasetdm_depth_decoder"}
+DECODERS = {
+    "semantic": "datasetdm_semantic_decoder",
+    "depth": "datasetdm_depth_decoder",
+    "instance": "datasetdm_instance_decoder",
+    "pose": "datasetdm_pose_decoder",
+}
+KEYPOINTS = 17  # COCO's person keypoints, the pose decoder's heatmaps
 
 GROUPS = ("low", "mid", "high", "highest")  # the feature groups, coarse (latent / 8) to fine (latent)
 IMAGE = (-1, 3, -1, -1)
@@ -93,10 +101,13 @@ def decoder_io(task: str, shapes: ExportedShapes):
     inputs = tuple(Tensor(group, "FP32", (-1, shapes.widths[task], -1, -1)) for group in GROUPS)
     if task == "semantic":
         inputs += (Tensor("class_embeddings", "FP32", (-1, shapes.tokens, shapes.text_width)),)
-        outputs = (Tensor("class_map", "INT32", (-1, -1, -1)), Tensor("class_scores", "FP32", (-1, -1)))
-    else:
-        outputs = (Tensor("depth", "FP32", (-1, 1, -1, -1)),)
-    return inputs, outputs
+    outputs = {
+        "semantic": (Tensor("class_map", "INT32", (-1, -1, -1)), Tensor("class_scores", "FP32", (-1, -1))),
+        "depth": (Tensor("depth", "FP32", (-1, 1, -1, -1)),),
+        "instance": (Tensor("class_logits", "FP32", (-1, -1, -1)), Tensor("mask_logits", "FP32", (-1, -1, -1, -1))),
+        "pose": (Tensor("heatmaps", "FP32", (-1, KEYPOINTS, -1, -1)), Tensor("keypoints", "FP32", (-1, KEYPOINTS, 3))),
+    }
+    return inputs, outputs[task]
 
 
 def io(model: str, shapes: ExportedShapes):

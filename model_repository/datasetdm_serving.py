@@ -21,6 +21,7 @@ The ensemble's and the generate model's tensors below are the public API (docs/d
 
 from __future__ import annotations
 
+from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES
 from perceptserve.settings import Settings
 
 from . import datasetdm as exported
@@ -37,12 +38,19 @@ TOKENIZER = "tokenizer"
 SCHEDULER = "scheduler"
 ASSETS = {ANNOTATE_PREPROCESS: (TOKENIZER,), ANNOTATE_NOISE: (SCHEDULER,), GENERATE: (TOKENIZER, SCHEDULER)}
 
+# Optional inputs of both uses: which exported tasks to return (default all), and the instance
+# inference's limits (defaults: settings.datasetdm, DatasetDM's 20 and 0.4).
+TASK_INPUTS = (
+    Tensor("tasks", "STRING", (-1,), optional=True),
+    Tensor("max_instances", "INT32", (1,), optional=True),
+    Tensor("score_threshold", "FP32", (1,), optional=True),
+)
 ANNOTATE_INPUTS = (
     Tensor("image", "STRING", (1,)),
     Tensor("prompt", "STRING", (1,)),
     Tensor("class_names", "STRING", (-1,)),
     Tensor("seed", "INT64", (1,), optional=True),  # the annotation noise's seed (default 0)
-)
+) + TASK_INPUTS
 GENERATE_INPUTS = (
     Tensor("prompt", "STRING", (1,)),
     Tensor("class_names", "STRING", (-1,)),
@@ -52,21 +60,35 @@ GENERATE_INPUTS = (
     Tensor("guidance", "FP32", (1,), optional=True),  # default 7.5
     Tensor("height", "INT32", (1,), optional=True),  # default: the UNet's sample size x 8
     Tensor("width", "INT32", (1,), optional=True),
-)
+) + TASK_INPUTS
+
+# Each task's outputs, for B images. Instances of all B images are listed together, image by
+# image, `instance_counts[b]` of them for image b; masks are COCO RLE (`counts` of
+# `pycocotools.mask.encode`, the image's size), classes k the k-th class name (1-based), boxes
+# COCO's [x, y, width, height]. Keypoints: one person per image, COCO's 17, (x, y, score).
+TASK_OUTPUTS = {
+    "semantic": (Tensor("class_map", "INT32", (-1, -1, -1)), Tensor("class_scores", "FP32", (-1, -1))),
+    "depth": (Tensor("depth", "FP32", (-1, 1, -1, -1)),),
+    "instance": (
+        Tensor("instance_counts", "INT32", (-1,)),
+        Tensor("instance_rle", "STRING", (-1,)),
+        Tensor("instance_classes", "INT32", (-1,)),
+        Tensor("instance_scores", "FP32", (-1,)),
+        Tensor("instance_boxes", "FP32", (-1, 4)),
+    ),
+    "pose": (Tensor("keypoints", "FP32", (-1, exported.KEYPOINTS, 3)),),
+}
 
 
 def annotation_outputs(tasks) -> tuple[Tensor, ...]:
-    outputs = [Tensor("class_map", "INT32", (-1, -1, -1)), Tensor("class_scores", "FP32", (-1, -1))]
-    if "depth" in tasks:
-        outputs.append(Tensor("depth", "FP32", (-1, 1, -1, -1)))
-    return tuple(outputs)
+    return tuple(tensor for task in exported.DECODERS if task in tasks for tensor in TASK_OUTPUTS[task])
 
 
 def generate_outputs(tasks) -> tuple[Tensor, ...]:
     return (Tensor("image", "UINT8", (-1, -1, -1, 3)),) + annotation_outputs(tasks)
 
 
-def _limits(settings: Settings, max_side: int) -> dict[str, str]:
+def _limits(settings: Settings, max_side: int, tasks) -> dict[str, str]:
     serving = settings.datasetdm
     return {
         "max_steps": str(serving.max_steps),
@@ -76,6 +98,11 @@ def _limits(settings: Settings, max_side: int) -> dict[str, str]:
         "max_generations": str(serving.max_generations),
         "max_side": str(max_side),
         "class_vocabulary": ",".join(serving.class_vocabulary),
+        "tasks": ",".join(task for task in exported.DECODERS if task in tasks),
+        "max_instances": str(serving.max_instances),
+        "max_instances_limit": str(serving.max_instances_limit),
+        "score_threshold": str(serving.score_threshold),
+        "instance_categories": ",".join(serving.instance_categories or COCO_CATEGORIES),
     }
 
 
@@ -96,6 +123,7 @@ def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]
                     "noise_seed",
                     "timestep",
                     "original_size",
+                    *(("instance_labels", "instance_limits") if "instance" in tasks else ()),
                 )
             },
         ),
@@ -137,27 +165,54 @@ def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]
         steps.append(EnsembleStep(exported.DECODERS["depth"], inputs, {"depth": "depth_raw"}))
         post_inputs["depth_raw"] = "depth_raw"
         post_outputs["depth"] = "depth"
+    if "instance" in tasks:
+        inputs = {group: f"instance_{group}" for group in exported.GROUPS}
+        outputs = {"class_logits": "instance_class_logits", "mask_logits": "instance_mask_logits"}
+        steps.append(EnsembleStep(exported.DECODERS["instance"], inputs, outputs))
+        post_inputs |= {name: name for name in (*outputs.values(), "instance_labels", "instance_limits")}
+        post_outputs |= {t.name: t.name for t in TASK_OUTPUTS["instance"]}
+    if "pose" in tasks:
+        inputs = {group: f"pose_{group}" for group in exported.GROUPS}
+        steps.append(EnsembleStep(exported.DECODERS["pose"], inputs, {"keypoints": "keypoints_raw"}))
+        post_inputs["keypoints_raw"] = "keypoints_raw"
+        post_outputs["keypoints"] = "keypoints"
     steps.append(EnsembleStep(ANNOTATE_POSTPROCESS, post_inputs, post_outputs))
     return tuple(steps)
 
 
 def definitions(
-    settings: Settings, shapes: exported.ExportedShapes, default_side: int, vae_scale: int
+    settings: Settings,
+    shapes: exported.ExportedShapes,
+    default_side: int,
+    vae_scale: int,
+    instance_candidates: int = 100,
 ) -> list[ModelDefinition]:
     """The serving models for the exported `shapes` (the semantic decoder is required: both
     uses return its class map); `default_side` is the generated image's default side,
-    `vae_scale` the image pixels per latent pixel."""
+    `vae_scale` the image pixels per latent pixel, `instance_candidates` the (query, category)
+    pairs the instance inference scores (DatasetDM's test_topk_per_image)."""
     if "semantic" not in shapes.widths:
         raise ValueError("serving DatasetDM needs the semantic decoder (export --tasks semantic[,depth])")
     serving = settings.datasetdm
     tokens, width = shapes.tokens, shapes.text_width
     latents = (-1, shapes.latent_channels, -1, -1)
-    depth = "depth" in shapes.widths
+    tasks = shapes.widths
     post_inputs = (Tensor("class_map_raw", "INT32", (-1, -1, -1)), Tensor("original_size", "INT64", (2,)))
     post_outputs = (Tensor("class_map", "INT32", (-1, -1, -1)),)
-    if depth:
+    if "depth" in tasks:
         post_inputs += (Tensor("depth_raw", "FP32", (-1, 1, -1, -1)),)
-        post_outputs += (Tensor("depth", "FP32", (-1, 1, -1, -1)),)
+        post_outputs += TASK_OUTPUTS["depth"]
+    if "instance" in tasks:
+        post_inputs += (
+            Tensor("instance_class_logits", "FP32", (-1, -1, -1)),
+            Tensor("instance_mask_logits", "FP32", (-1, -1, -1, -1)),
+            Tensor("instance_labels", "INT32", (-1,)),
+            Tensor("instance_limits", "FP32", (2,)),
+        )
+        post_outputs += TASK_OUTPUTS["instance"]
+    if "pose" in tasks:
+        post_inputs += (Tensor("keypoints_raw", "FP32", (-1, exported.KEYPOINTS, 3)),)
+        post_outputs += TASK_OUTPUTS["pose"]
     return [
         ModelDefinition(
             name=ANNOTATE_PREPROCESS,
@@ -172,9 +227,11 @@ def definitions(
                 Tensor("noise_seed", "INT64", (1,)),
                 Tensor("timestep", "INT64", (1,)),
                 Tensor("original_size", "INT64", (2,)),
+                Tensor("instance_labels", "INT32", (-1,)),  # the decoder label per class name, -1: none
+                Tensor("instance_limits", "FP32", (2,)),  # max_instances, score_threshold
             ),
             instances=serving.python_instances,
-            parameters=_limits(settings, serving.annotate_max_side)
+            parameters=_limits(settings, serving.annotate_max_side, tasks)
             | {
                 "max_image_pixels": str(serving.max_image_pixels),
                 "annotation_timestep": str(serving.annotation_timestep),
@@ -200,6 +257,7 @@ def definitions(
             inputs=post_inputs,
             outputs=post_outputs,
             instances=serving.python_instances,
+            parameters={"instance_candidates": str(instance_candidates)},
         ),
         ModelDefinition(
             name=ANNOTATE,
@@ -215,8 +273,9 @@ def definitions(
             inputs=GENERATE_INPUTS,
             outputs=generate_outputs(shapes.widths),
             instances=serving.generate_instances,
-            parameters=_limits(settings, serving.max_generate_side)
+            parameters=_limits(settings, serving.max_generate_side, tasks)
             | {
+                "instance_candidates": str(instance_candidates),
                 "default_side": str(default_side),
                 "text_width": str(width),
                 "latent_channels": str(shapes.latent_channels),

@@ -199,6 +199,15 @@ def _add_hqsam_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
 
 
+def _add_annotation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The instance and pose options of `annotate` and `generate` (DatasetDM's defaults)."""
+    parser.add_argument("--max-instances", type=int, help="instances kept per image (server default 20)")
+    parser.add_argument("--score-threshold", type=float, help="lowest instance score kept (server default 0.4)")
+    parser.add_argument(
+        "--keypoint-threshold", type=float, default=0.2, help="keypoint score from which it is visible (v = 2)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perceptserve", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -234,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="DatasetDM decoder checkpoint; TASK=PATH per task with several tasks",
     )
     decoder.add_argument("--random-init", action="store_true", help="random decoder weights (tests, demos)")
-    datasetdm.add_argument("--tasks", required=True, metavar="semantic[,depth]", help="the P-Decoders to export")
+    datasetdm.add_argument(
+        "--tasks", required=True, metavar="semantic[,instance,depth,pose]", help="the P-Decoders to export"
+    )
     datasetdm.add_argument("--repository", type=Path, required=True, help="model repository folder")
     datasetdm.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     datasetdm.set_defaults(func=cmd_export_datasetdm)
@@ -287,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--seed", type=int, default=0, help="the annotation noise's seed")
     annotate.add_argument("--out", type=Path, required=True, help="folder for the mask, preview and depth PNGs")
     annotate.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    _add_annotation_arguments(annotate)
     annotate.set_defaults(func=cmd_annotate)
 
     generate = commands.add_parser("generate", help="generate an annotated DatasetDM dataset over gRPC")
@@ -302,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch", type=int, default=4, help="seeds per request, denoised in one loop")
     generate.add_argument("--out", type=Path, required=True, help="dataset folder (resumed if it exists)")
     generate.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    _add_annotation_arguments(generate)
     generate.set_defaults(func=cmd_generate)
 
     bench = commands.add_parser("bench", help="benchmark eager vs ONNX Runtime vs served, side by side")

@@ -1,5 +1,5 @@
-"""`make demo-datasetdm`: export the tiny random Stable Diffusion pipeline with random semantic
-and depth P-Decoders, start the server, generate a few annotated images into DatasetDM's layout,
+"""`make demo-datasetdm`: export the tiny random Stable Diffusion pipeline with random semantic,
+instance, depth and pose P-Decoders, start the server, generate a few annotated images into DatasetDM's layout,
 annotate a real photo, stop the server, say where the files are. The images are noise-like:
 the weights are random; the plumbing is the real one (docs/datasetdm-serving.md shows the same
 with a Stable Diffusion 1.x folder and a DatasetDM checkpoint)."""
@@ -19,12 +19,12 @@ from perceptserve.clients.generate import generate_dataset
 from perceptserve.export.datasetdm import DatasetDMExport, run
 from perceptserve.server.launcher import TritonServer
 
-PROMPT, CLASSES = "a photo of a cat on a sofa", ["cat", "sofa"]
+PROMPT, CLASSES = "a photo of a man with a dog", ["person", "dog"]
 
 
 def run_demo(args: argparse.Namespace) -> int:
     settings = settings_module.from_env()
-    report = run(DatasetDMExport(repository=args.repository, tasks=("semantic", "depth")), settings)
+    report = run(DatasetDMExport(repository=args.repository, tasks=("semantic", "instance", "depth", "pose")), settings)
     print(report.format())
     if not report.passed:
         return 3
@@ -42,7 +42,10 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"generated {len(result.written)} annotated images ({len(result.skipped)} already there)")
         with DatasetDMAnnotateClient(server.grpc_url) as client:
             annotation, paths = annotate_file(client, photo, "a photo of a cat", ["cat"], args.out / "annotate")
-        print(f"annotated {photo}: cat score {annotation.class_scores[0]:.2f}")
+        print(
+            f"annotated {photo}: cat score {annotation.class_scores[0]:.2f}, {len(annotation.instances)} instances, "
+            f"{int((annotation.keypoints[:, 2] >= 0.2).sum())} of 17 keypoints visible"
+        )
     print("server stopped. Files:")
     for path in [
         args.out / "dataset" / "manifest.jsonl",
@@ -50,6 +53,7 @@ def run_demo(args: argparse.Namespace) -> int:
         args.out / "dataset" / "Mask",
         args.out / "dataset" / "Depth",
         args.out / "dataset" / "Preview",
+        args.out / "dataset" / "annotations",
         *paths,
         args.out / "tritonserver.log",
     ]:

@@ -101,6 +101,13 @@ class DatasetDMServing:
     max_generations: int = 8  # images (seeds) per generate request, denoised in one loop
     # Class names the decoder was trained for; empty: any name (an open-vocabulary decoder).
     class_vocabulary: tuple[str, ...] = ()
+    # The instance decoder's categories, its label order; empty: COCO's 80 (DatasetDM's checkpoint).
+    instance_categories: tuple[str, ...] = ()
+    # Instance inference (DatasetDM's values): the best `max_instances` by score, none under the
+    # threshold; requests may change both, up to `max_instances_limit`.
+    max_instances: int = 20
+    max_instances_limit: int = 100
+    score_threshold: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,11 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (which may hold spaces: "traffic light")."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 ENV_OVERRIDES = {
     "PERCEPTSERVE_MAX_IMAGE_PIXELS": ("hqsam", "max_image_pixels", int),
     "PERCEPTSERVE_ORT_THREADS": ("cpu_onnxruntime", "threads", int),
@@ -173,7 +185,12 @@ ENV_OVERRIDES = {
     "PERCEPTSERVE_DATASETDM_CLASSES": (
         "datasetdm",
         "class_vocabulary",
-        lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        _names,
+    ),
+    "PERCEPTSERVE_DATASETDM_INSTANCE_CATEGORIES": (
+        "datasetdm",
+        "instance_categories",
+        _names,
     ),
 }
 

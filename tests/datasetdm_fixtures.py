@@ -1,4 +1,4 @@
-"""DatasetDM test fixtures: one export of the tiny random pipeline (semantic and depth) per
+"""DatasetDM test fixtures: one export of the tiny random pipeline (all four tasks) per
 session, and two references written independently of the code under test, from reading
 showlab/DatasetDM: its decoders' parameter names and shapes, and its feature capture (forward
 hooks on the block outputs, its attention-store reshapes) on the eager diffusers UNet."""
@@ -45,7 +45,7 @@ class TinyExport:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory) -> TinyExport:
     root = tmp_path_factory.mktemp("datasetdm")
-    job = DatasetDMExport(repository=root / "repository", tasks=("semantic", "depth"))
+    job = DatasetDMExport(repository=root / "repository", tasks=("semantic", "instance", "depth", "pose"))
     with torch.no_grad():
         return TinyExport(job, run(job, Settings()))
 
@@ -72,14 +72,17 @@ def segblock_shapes(prefix: str, in_channels: int, out_channels: int) -> dict[st
 
 
 def datasetdm_state_shapes(task: str, layout: FeatureLayout, config) -> dict[str, tuple]:
-    """Parameter names and shapes of DatasetDM's `seg_decorder_open_word` / `Depthmodule`, as
-    their `__init__`s define them (projection widths, hidden and mask dims all `config.width`)."""
+    """Parameter names and shapes of DatasetDM's `seg_decorder_open_word` (semantic), `seg_decorder`
+    (instance: the same parameters), `Depthmodule` and `PoseModule_HeatMap`, as their `__init__`s
+    define them (projection widths, hidden and mask dims all `config.width`)."""
     w = config.width
     shapes = {f"{g}_feature_conv.0.weight": (w, layout.channels(g), 1, 1) for g in ("low", "mid", "high", "highest")}
-    if task == "depth":
+    if task in ("depth", "pose"):
         shapes.update(segblock_shapes("mid_feature_mix_conv", 2 * w, 2 * w))
         shapes.update(segblock_shapes("high_feature_mix_conv", 3 * w, 3 * w))
         shapes.update(segblock_shapes("highest_feature_mix_conv", 4 * w, 4 * w))
+        if task == "pose":
+            return shapes | {"final_layer.weight": (17, 4 * w, 1, 1), "final_layer.bias": (17,)}
         shapes.update(
             {
                 "last_layer_depth.0.weight": (4 * w, 4 * w, 3, 3),

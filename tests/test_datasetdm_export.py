@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from perceptserve.export import datasetdm_parity as parity
 from perceptserve.export import onnx_io
-from perceptserve.export.datasetdm import DatasetDMExport, build_decoder, parity_example
+from perceptserve.export.datasetdm import DECODER_KINDS, DatasetDMExport, build_decoder, parity_example
 from perceptserve.model_repository import configs
 from perceptserve.model_repository import datasetdm as names
 from perceptserve.model_repository.writer import version_dir
@@ -54,8 +54,12 @@ def test_export_parity_numbers(tiny_export):
     assert report.relative("feature extractor") < 1e-4
     assert report.relative("semantic decoder") < 1e-4
     assert report.relative("depth decoder") < 1e-4
+    assert report.relative("instance decoder") < 1e-2  # thresholded attention masks, as semantic
+    assert report.relative("pose decoder") < 1e-4
     assert report.agreements[0][1] >= 0.9999  # a pixel whose mask logit is ~0 may flip
-    assert len(report.rows) == 1 + 3 + 1 + 2 + 8 + 2  # text, VAE, UNet, noise pair, 2 tasks x 4 groups, decoders
+    assert report.agreements[1] == ("pose decoder: keypoints within 1/4 pixel, 256x256", 1.0)
+    # text, VAE, UNet, noise pair, 4 tasks x 4 groups, semantic, depth, instance x 2, pose x 2
+    assert len(report.rows) == 1 + 3 + 1 + 2 + 16 + 1 + 1 + 2 + 2
 
 
 def test_sd14_layout_is_datasetdms(tiny_export):
@@ -214,12 +218,12 @@ def test_served_path_equals_datasetdm_order_eagerly(tiny_export):
         assert relative(depth(*models.extractor.project(captured)["depth"]), depth.reference(raw)) < 1e-5
 
 
-@pytest.mark.parametrize("task", ["semantic", "depth"])
+@pytest.mark.parametrize("task", ["semantic", "depth", "instance", "pose"])
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_checkpoint_with_datasetdm_names_loads_strictly(tiny_export, tmp_path, task, prefix):
     """A state dict written with DatasetDM's parameter names (and DataParallel's prefix)."""
     diffusion = tiny_export.diffusion()
-    config = tiny.SEMANTIC if task == "semantic" else tiny.DEPTH
+    config = DECODER_KINDS[task][2]
     state = random_state(datasetdm_state_shapes(task, diffusion.layout, config))
     path = tmp_path / f"{task}.pth"
     torch.save({prefix + key: value for key, value in state.items()}, path)

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from perceptserve.clients.dataset import MANIFEST, Dataset, RunSpec
+from perceptserve.clients import coco
+from perceptserve.clients.dataset import MANIFEST, Dataset, RunSpec, mask_of
 from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.generate import generate_dataset
@@ -19,8 +20,10 @@ from PIL import Image
 from skimage import data as sample_images
 
 from perceptserve import cli
-from perceptserve.datasetdm import validation
+from perceptserve.datasetdm import instances, tiny, validation
 from perceptserve.datasetdm.features import GROUPS
+from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES
+from perceptserve.datasetdm.pose_decoder import read_keypoints
 from perceptserve.imaging import encode_png
 
 from .conftest import server_settings
@@ -74,24 +77,32 @@ def test_generated_images_match_diffusers(tiny_export, generator):
     assert not np.array_equal(served[0].image, served[1].image)
 
 
-def test_annotation_matches_the_eager_path(tiny_export, annotator):
+def eager_features(tiny_export, photo: np.ndarray, prompt: str, seed: int) -> list[torch.Tensor]:
+    """DatasetDM's annotation path in PyTorch: VAE sample + noise at t = 1, feature capture; the
+    raw groups, for the decoders' `reference`."""
     from diffusers import PNDMScheduler
-
-    photo = np.ascontiguousarray(sample_images.astronaut()[::4, ::4][:64])  # 64 x 128
-    served = annotator.annotate(encode_png(photo), "a photo of a man", ["person", "car"], seed=5)
 
     models = tiny_export.models
     diffusion, extractor = models.diffusion, models.extractor
     image = torch.from_numpy(photo.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1)
-    generator = torch.Generator("cpu").manual_seed(5)
+    generator = torch.Generator("cpu").manual_seed(seed)
     latents = diffusion.vae.encode(image).latent_dist.sample(generator=generator) * diffusion.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator)
     scheduler = PNDMScheduler.from_pretrained(str(tiny_export.job.tiny_source), subfolder="scheduler")
     timestep = torch.tensor([1])
     noisy = scheduler.add_noise(latents, noise, timestep)
-    captured = extractor.capture(noisy, timestep, diffusion.embed(["a photo of a man"]), diffusion.embed([""]))
-    raw = [captured.group(extractor.layout, group) for group in GROUPS]
-    class_map, scores = models.decoders["semantic"].reference(raw, diffusion.embed(["person", "car"]))
+    captured = extractor.capture(noisy, timestep, diffusion.embed([prompt]), diffusion.embed([""]))
+    return [captured.group(extractor.layout, group) for group in GROUPS]
+
+
+PHOTO = np.ascontiguousarray(sample_images.astronaut()[::4, ::4][:64])  # 64 x 128
+
+
+def test_annotation_matches_the_eager_path(tiny_export, annotator):
+    served = annotator.annotate(encode_png(PHOTO), "a photo of a man", ["person", "car"], seed=5)
+    models = tiny_export.models
+    raw = eager_features(tiny_export, PHOTO, "a photo of a man", 5)
+    class_map, scores = models.decoders["semantic"].reference(raw, models.diffusion.embed(["person", "car"]))
     depth = models.decoders["depth"].reference(raw)
 
     assert served.class_map.shape == (64, 128)
@@ -100,6 +111,36 @@ def test_annotation_matches_the_eager_path(tiny_export, annotator):
     assert agreement >= 0.99
     np.testing.assert_allclose(served.class_scores, scores[0].numpy(), rtol=1e-2, atol=1e-3)
     np.testing.assert_allclose(served.depth, depth[0, 0].numpy(), rtol=1e-3, atol=1e-3 * float(depth.max()))
+
+
+def test_instances_and_keypoints_match_the_eager_path(tiny_export, annotator):
+    """The served instance inference and keypoint reading against DatasetDM's decoders in PyTorch
+    (its order: raw groups, then the projections) and the same inference on their outputs."""
+    names = ["person", "dog", "sofa"]  # sofa is not a COCO category: no instances of it
+    served = annotator.annotate(encode_png(PHOTO), "a photo of a man", names, seed=5, score_threshold=0.0)
+    decoders = tiny_export.models.decoders
+    raw = eager_features(tiny_export, PHOTO, "a photo of a man", 5)
+    logits, masks = decoders["instance"].reference(raw)
+    labels = instances.category_labels(names, COCO_CATEGORIES)
+    expected = instances.infer(logits[0], masks[0], labels, (64, 128), 20, 0.0, tiny.INSTANCE.top_k)
+    print(f"{len(served.instances)} instances, scores {[round(i.score, 3) for i in served.instances]}")
+    assert len(served.instances) == len(expected.scores) > 0
+    for instance, mask, category, score, box in zip(
+        served.instances, expected.masks, expected.classes, expected.scores, expected.boxes, strict=True
+    ):
+        decoded = mask_of(instance.rle)
+        assert decoded.shape == (64, 128) and instance.category == category != 3
+        assert (decoded & mask).sum() / max((decoded | mask).sum(), 1) >= 0.99
+        assert instance.score == pytest.approx(float(score), rel=1e-2, abs=1e-3)
+        assert instance.box == pytest.approx(box.tolist(), abs=1.0)
+    keypoints = read_keypoints(decoders["pose"].reference(raw), (64, 128))[0].numpy()
+    assert served.keypoints.shape == (17, 3)
+    assert np.abs(served.keypoints[:, :2] - keypoints[:, :2]).max() <= 0.25
+    np.testing.assert_allclose(served.keypoints[:, 2], keypoints[:, 2], rtol=1e-3, atol=1e-4)
+    few = annotator.annotate(encode_png(PHOTO), "a photo of a man", names, seed=5, max_instances=2, score_threshold=0.0)
+    assert [i.score for i in few.instances] == pytest.approx([i.score for i in served.instances[:2]])
+    only = annotator.annotate(encode_png(PHOTO), "a photo of a man", names, seed=5, tasks=["pose"])
+    assert only.class_map is None and only.instances is None and only.keypoints.shape == (17, 3)
 
 
 def test_annotation_comes_back_at_the_image_size(annotator):
@@ -120,6 +161,11 @@ GENERATE_CASES = {
     "guidance NaN": dict(guidance=float("nan")),
     "too many seeds": dict(seeds=list(range(100))),
     "height not a multiple of 64": dict(height=100),
+    "unknown task": dict(tasks=["semantic", "panoptic"]),
+    "max_instances negative": dict(max_instances=-1),
+    "max_instances over the limit": dict(max_instances=1000),
+    "score_threshold over 1": dict(score_threshold=1.5),
+    "score_threshold NaN": dict(score_threshold=float("nan")),
 }
 
 
@@ -143,7 +189,22 @@ def test_bad_annotate_requests_are_invalid_argument_and_the_server_goes_on(annot
         messages.append(raised.value.message)
     assert "not a PNG, JPEG or WebP" in messages[0] and "prompt is empty" in messages[1]
     assert "tokens long; the text encoder reads at most 75" in messages[2] and "not truncated" in messages[2]
+    for options, message in (
+        (dict(tasks=["depth", "keypoints"]), "unknown task 'keypoints': give some of semantic, instance, depth, pose"),
+        (dict(max_instances=101), "max_instances 101 is out of range: give 0 to 100"),
+        (dict(score_threshold=-0.1), "score_threshold -0.1 is out of range: give 0 to 1"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            annotator.annotate(good, PROMPT, CLASSES, **options)
+        assert raised.value.status == "INVALID_ARGUMENT" and message in raised.value.message, raised.value
     assert annotator.annotate(good, PROMPT, CLASSES).class_map.shape == (64, 64)
+
+
+def test_a_task_not_exported_is_refused_by_name():
+    limits = validation.Limits(50, 1, 20, 4, 4, 512, tasks=("semantic", "depth"))
+    with pytest.raises(validation.RequestError, match=r"task pose was not exported .* serves semantic, depth\)"):
+        validation.tasks([b"semantic", b"pose"], limits)
+    assert validation.tasks([b"depth", b"semantic"], limits) == ("semantic", "depth")
 
 
 def test_unknown_class_names_are_refused():
@@ -215,7 +276,19 @@ def test_cli_annotate_and_generate(server, tmp_path, capsys):
         )
         == 0
     )
-    assert {p.name for p in (tmp_path / "a").iterdir()} == {"photo_mask.png", "photo_preview.jpg", "photo_depth.png"}
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {
+        "photo_mask.png",
+        "photo_preview.jpg",
+        "photo_depth.png",
+        "photo_instances.jpg",
+        "photo_pose.jpg",
+        "annotations",
+    }
+    assert {p.name for p in (tmp_path / "a" / "annotations").iterdir()} == {
+        "instances.json",
+        "person_keypoints.json",
+        "items",
+    }
 
     def generate(out: str, steps: str) -> int:
         return cli.main(
@@ -248,3 +321,41 @@ def test_cli_annotate_and_generate(server, tmp_path, capsys):
     assert "0 images written, 2 already there" in capsys.readouterr().out
     assert generate("bad", "0") == 1  # every item refused: each reported, the run ends with status 1
     assert "steps 0 is out of range" in capsys.readouterr().err
+
+
+def test_coco_files_load_in_pycocotools_and_resume_to_the_same_bytes(generator, tmp_path):
+    """instances.json and person_keypoints.json of a generated dataset: pycocotools reads them,
+    every mask decodes at its image's size; a run interrupted (a seed failing, a torn manifest
+    line) and resumed writes the same files as an uninterrupted one."""
+    from pycocotools.coco import COCO
+
+    classes = ["person", "dog"]
+    spec = RunSpec("a photo of a man with a dog", classes, 2, 5.0, height=64, width=128, score_threshold=0.0, models={})
+    whole = tmp_path / "whole"
+    generate_dataset(generator, Dataset(whole, spec), seeds=[4, 5, 6], batch=2, progress=False)
+    instances_file = COCO(str(whole / coco.INSTANCES))
+    assert [c["name"] for c in instances_file.loadCats(instances_file.getCatIds())] == classes
+    assert sorted(image["file_name"] for image in instances_file.dataset["images"]) == [
+        f"Image/person_{seed}.jpg" for seed in (4, 5, 6)
+    ]
+    assert instances_file.getAnnIds(), "random-init instance decoder with threshold 0 finds instances"
+    for annotation in instances_file.loadAnns(instances_file.getAnnIds()):
+        image = instances_file.loadImgs(annotation["image_id"])[0]
+        assert instances_file.annToMask(annotation).shape == (image["height"], image["width"]) == (64, 128)
+        assert annotation["category_id"] in (1, 2) and annotation["area"] > 0
+    people = COCO(str(whole / coco.PERSON_KEYPOINTS))
+    assert len(people.getAnnIds()) == 3
+    for annotation in people.loadAnns(people.getAnnIds()):
+        assert len(annotation["keypoints"]) == 51 and annotation["num_keypoints"] <= 17
+
+    resumed = tmp_path / "resumed"
+    generate_dataset(FailingSeed(generator, bad_seed=6), Dataset(resumed, spec), [4, 5, 6], batch=2, progress=False)
+    lines = (resumed / MANIFEST).read_text().splitlines()
+    (resumed / MANIFEST).write_text(lines[0] + "\n" + lines[1][:30])  # killed while writing seed 5's line
+    interrupted = COCO(str(resumed / coco.INSTANCES))
+    assert len(interrupted.dataset["images"]) == 2  # rebuilt after the batch, before the tear
+    Dataset(resumed, spec)  # opening the torn dataset rebuilds its COCO files from the manifest
+    assert len(json.loads((resumed / coco.INSTANCES).read_text())["images"]) == 1
+    generate_dataset(generator, Dataset(resumed, spec), [4, 5, 6], batch=2, progress=False)
+    for name in (coco.INSTANCES, coco.PERSON_KEYPOINTS):
+        assert (resumed / name).read_bytes() == (whole / name).read_bytes()

@@ -1,27 +1,54 @@
 """DatasetDM annotate, last step: the decoders' outputs at the processing size (multiples of
 64) -> at the image's own size: the class map by nearest neighbour (indices must not blend),
-depth bilinearly. Depth is there when the depth decoder was exported."""
+depth bilinearly, the instance inference (`perceptserve.datasetdm.instances`) with the mask logits
+resized straight to the image size, keypoints scaled. Each output is there when its decoder was
+exported."""
+
+import json
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
 
+from perceptserve.datasetdm import instances
+
+
+def _input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else torch.from_numpy(tensor.as_numpy())
+
 
 class TritonPythonModel:
+    def initialize(self, args):
+        parameters = json.loads(args["model_config"])["parameters"]
+        self.candidates = int(parameters["instance_candidates"]["string_value"])
+
     def _process(self, request):
-        size = tuple(int(side) for side in pb_utils.get_input_tensor_by_name(request, "original_size").as_numpy())
-        class_map = torch.from_numpy(pb_utils.get_input_tensor_by_name(request, "class_map_raw").as_numpy())
-        if class_map.shape[-2:] != size:
+        size = tuple(int(side) for side in _input(request, "original_size"))
+        class_map = _input(request, "class_map_raw")
+        processing_size = tuple(class_map.shape[-2:])
+        if processing_size != size:
             class_map = F.interpolate(class_map[:, None].float(), size=size, mode="nearest-exact")[:, 0].to(torch.int32)
-        outputs = [pb_utils.Tensor("class_map", np.ascontiguousarray(class_map.numpy()))]
-        depth = pb_utils.get_input_tensor_by_name(request, "depth_raw")
+        outputs = {"class_map": class_map.numpy()}
+        depth = _input(request, "depth_raw")
         if depth is not None:
-            depth = torch.from_numpy(depth.as_numpy())
             if depth.shape[-2:] != size:
                 depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False)
-            outputs.append(pb_utils.Tensor("depth", np.ascontiguousarray(depth.numpy())))
-        return pb_utils.InferenceResponse(output_tensors=outputs)
+            outputs["depth"] = depth.numpy()
+        logits = _input(request, "instance_class_logits")
+        if logits is not None:
+            count, threshold = _input(request, "instance_limits").tolist()
+            labels = _input(request, "instance_labels").numpy()
+            masks = _input(request, "instance_mask_logits")
+            found = instances.infer(logits[0], masks[0], labels, size, int(count), threshold, self.candidates)
+            outputs.update(instances.served_outputs([found]))
+        keypoints = _input(request, "keypoints_raw")
+        if keypoints is not None:
+            outputs["keypoints"] = instances.scale_keypoints(keypoints.numpy(), processing_size, size)
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()]
+        )
 
     def execute(self, requests):
         return [self._process(request) for request in requests]

@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from perceptserve.datasetdm import validation
+from perceptserve.datasetdm.instances import category_labels
 from perceptserve.imaging import decode_image
 
 
@@ -39,6 +40,7 @@ class TritonPythonModel:
         self.timestep = int(parameters["annotation_timestep"])
         folder = os.path.join(args["model_repository"], args["model_version"], "tokenizer")
         self.tokenizer = CLIPTokenizer.from_pretrained(folder)
+        self.categories = tuple(parameters["instance_categories"].split(","))
 
     def _process(self, request):
         image = decode_image(_one(request, "image"), self.max_image_pixels)
@@ -48,6 +50,11 @@ class TritonPythonModel:
         )
         seed = _optional(request, "seed")
         seed = validation.seeds(np.zeros(1) if seed is None else seed, self.limits)[0]
+        # Which tasks the caller reads is its choice of outputs; asking for one not served is refused.
+        validation.tasks(_optional(request, "tasks"), self.limits)
+        limits = validation.instance_limits(
+            _optional(request, "max_instances"), _optional(request, "score_threshold"), self.limits
+        )
         height, width = image.shape[:2]
         size = validation.processing_size(height, width, self.limits.max_side)
         if size != (height, width):
@@ -62,6 +69,8 @@ class TritonPythonModel:
             "noise_seed": np.array([seed], dtype=np.int64),
             "timestep": np.array([self.timestep], dtype=np.int64),
             "original_size": np.array([height, width], dtype=np.int64),
+            "instance_labels": category_labels(names, self.categories),
+            "instance_limits": np.array(limits, dtype=np.float32),
         }
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
 

@@ -5,7 +5,8 @@ annotations, the whole loop inside the server.
     -> PNDM loop in Python (diffusers' scheduler, the folder's config), the UNet called through
        Triton on the doubled batch, the last step through the feature extractor, which yields
        both noise predictions and the feature groups DatasetDM reads at that step
-    -> VAE decoder -> image; semantic (and depth) decoder on the last step's groups.
+    -> VAE decoder -> image; the P-Decoders each request asks for (`tasks`, default all exported)
+       on the last step's groups, instance inference (`perceptserve.datasetdm.instances`) in Python.
 
 Requests handed over together, and the seeds within each, that share steps and size are
 denoised in one loop (guidance is per image). A request that fails validation gets
@@ -26,7 +27,7 @@ from perceptserve.model_repository import datasetdm as exported
 from perceptserve.model_repository.python_models.responses import invalid_argument
 from transformers import CLIPTokenizer
 
-from perceptserve.datasetdm import validation
+from perceptserve.datasetdm import instances, validation
 from perceptserve.datasetdm.sampling import denoise, initial_latents
 
 GROUPS = exported.GROUPS
@@ -71,6 +72,9 @@ class Job:
     steps: int
     guidance: float
     size: tuple
+    tasks: tuple  # the decoders to run, in the exported order
+    instance_labels: np.ndarray  # (K,) the instance decoder's label per class name, -1: none
+    instance_limits: tuple  # (max_instances, score_threshold)
 
 
 class TritonPythonModel:
@@ -81,7 +85,8 @@ class TritonPythonModel:
         self.default_side = int(parameters["default_side"])
         self.vae_scale = int(parameters["vae_scale"])
         self.latent_channels = int(parameters["latent_channels"])
-        self.depth = any(output["name"] == "depth" for output in config["output"])
+        self.categories = tuple(parameters["instance_categories"].split(","))
+        self.candidates = int(parameters["instance_candidates"])
         folder = os.path.join(args["model_repository"], args["model_version"])
         self.tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
         self.scheduler_config = PNDMScheduler.load_config(os.path.join(folder, "scheduler"))
@@ -93,6 +98,9 @@ class TritonPythonModel:
         names = validation.class_names(
             pb_utils.get_input_tensor_by_name(request, "class_names").as_numpy().reshape(-1), limits
         )
+        tasks = pb_utils.get_input_tensor_by_name(request, "tasks")
+        count, threshold = (pb_utils.get_input_tensor_by_name(request, n) for n in ("max_instances", "score_threshold"))
+        count, threshold = (None if t is None else t.as_numpy() for t in (count, threshold))
         height = validation.image_side(int(_optional_one(request, "height", self.default_side)), "height", limits)
         width = validation.image_side(int(_optional_one(request, "width", self.default_side)), "width", limits)
         return Job(
@@ -103,6 +111,9 @@ class TritonPythonModel:
             steps=validation.steps(int(_optional_one(request, "steps", DEFAULT_STEPS)), limits),
             guidance=validation.guidance(float(_optional_one(request, "guidance", DEFAULT_GUIDANCE)), limits),
             size=(height, width),
+            tasks=validation.tasks(None if tasks is None else tasks.as_numpy().reshape(-1), limits),
+            instance_labels=instances.category_labels(names, self.categories),
+            instance_limits=validation.instance_limits(count, threshold, limits),
         )
 
     def _generate(self, jobs):
@@ -124,8 +135,7 @@ class TritonPythonModel:
             feeds = {"sample": latents.numpy(), "timestep": timesteps.numpy(), "encoder_hidden_states": context}
             return torch.from_numpy(_call(exported.UNET, feeds, ["noise_pred"])["noise_pred"])
 
-        tasks = ["semantic"] + (["depth"] if self.depth else [])
-        group_names = [f"{task}_{group}" for task in tasks for group in GROUPS]
+        group_names = [f"{task}_{group}" for task in self.limits.tasks for group in GROUPS]
 
         def last(latents, timesteps):
             feeds = {
@@ -148,22 +158,46 @@ class TritonPythonModel:
         images = (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
 
         responses, start = [], 0
-        for count, classes in zip(counts, class_embeddings, strict=True):
+        for job, count, classes in zip(jobs, counts, class_embeddings, strict=True):
             part = slice(start, start + count)
             start += count
-            feeds = {group: groups[f"semantic_{group}"][part] for group in GROUPS}
-            feeds["class_embeddings"] = classes.numpy()
-            semantic = _call(exported.DECODERS["semantic"], feeds, ["class_map", "class_scores"])
-            tensors = {"image": images[part], **semantic}
-            if self.depth:
-                feeds = {group: groups[f"depth_{group}"][part] for group in GROUPS}
-                tensors.update(_call(exported.DECODERS["depth"], feeds, ["depth"]))
+            tensors = {"image": images[part], **self._annotate(job, {n: g[part] for n, g in groups.items()}, classes)}
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in tensors.items()]
                 )
             )
         return responses
+
+    def _annotate(self, job, groups, class_embeddings):
+        """The decoders `job` asks for on its images' feature groups -> their outputs."""
+        outputs = {}
+        for task in job.tasks:
+            feeds = {group: groups[f"{task}_{group}"] for group in GROUPS}
+            if task == "semantic":
+                feeds["class_embeddings"] = class_embeddings.numpy()
+                outputs.update(_call(exported.DECODERS[task], feeds, ["class_map", "class_scores"]))
+            elif task == "depth":
+                outputs.update(_call(exported.DECODERS[task], feeds, ["depth"]))
+            elif task == "pose":
+                outputs.update(_call(exported.DECODERS[task], feeds, ["keypoints"]))
+            else:
+                raw = _call(exported.DECODERS[task], feeds, ["class_logits", "mask_logits"])
+                count, threshold = job.instance_limits
+                found = [
+                    instances.infer(
+                        torch.from_numpy(logits),
+                        torch.from_numpy(masks),
+                        job.instance_labels,
+                        job.size,
+                        count,
+                        threshold,
+                        self.candidates,
+                    )
+                    for logits, masks in zip(raw["class_logits"], raw["mask_logits"], strict=True)
+                ]
+                outputs.update(instances.served_outputs(found))
+        return outputs
 
     def execute(self, requests):
         responses = [None] * len(requests)

@@ -34,7 +34,7 @@ from perceptserve.errors import UserError
 from perceptserve.model_repository.datasetdm import GROUPS  # DatasetDM's names, coarse to fine
 
 PLACES = ("up", "mid", "down")  # DatasetDM's order of the attention maps within a group
-TASKS = ("semantic", "depth")
+TASKS = ("semantic", "depth", "instance", "pose")  # the P-Decoders, in the order their outputs are listed
 
 
 class UnsupportedUNet(UserError, ValueError):

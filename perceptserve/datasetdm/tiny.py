@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from .depth_decoder import DepthConfig
+from .instance_decoder import InstanceConfig
+from .pose_decoder import PoseConfig
 from .semantic_decoder import SemanticConfig
 
 SOURCE = "source"  # the pipeline's folder under the --tiny-random output folder
@@ -46,6 +48,11 @@ SEMANTIC = SemanticConfig(
     width=16, num_queries=8, num_layers=3, num_heads=4, dim_feedforward=32, context_dim=TEXT_WIDTH
 )
 DEPTH = DepthConfig(width=8)
+# COCO's 80 categories (the default instance vocabulary), fewer queries.
+INSTANCE = InstanceConfig(
+    width=16, num_queries=10, num_layers=3, num_heads=4, dim_feedforward=32, context_dim=TEXT_WIDTH, top_k=20
+)
+POSE = PoseConfig(width=8)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

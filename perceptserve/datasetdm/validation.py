@@ -29,12 +29,20 @@ class Limits:
     max_generations: int
     max_side: int
     vocabulary: tuple[str, ...] = ()  # empty: any class name
+    tasks: tuple[str, ...] = ("semantic",)  # the exported decoders
+    max_instances: int = 20  # the default; requests may ask for 0 to max_instances_limit
+    max_instances_limit: int = 100
+    score_threshold: float = 0.4
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str]) -> Limits:
         """The limits as `model_repository.datasetdm_serving` writes them into a config."""
         vocabulary = tuple(name for name in parameters.get("class_vocabulary", "").split(",") if name)
         return cls(
+            tasks=tuple(parameters["tasks"].split(",")),
+            max_instances=int(parameters["max_instances"]),
+            max_instances_limit=int(parameters["max_instances_limit"]),
+            score_threshold=float(parameters["score_threshold"]),
             max_steps=int(parameters["max_steps"]),
             min_guidance=float(parameters["min_guidance"]),
             max_guidance=float(parameters["max_guidance"]),
@@ -121,3 +129,41 @@ def processing_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     multiple of 64 (the UNet's latents must halve three times)."""
     scale = min(1.0, max_side / max(height, width))
     return tuple(max(64, int(round(side * scale / 64)) * 64) for side in (height, width))  # type: ignore[return-value]
+
+
+def tasks(values: Sequence[object] | None, limits: Limits) -> tuple[str, ...]:
+    """The tasks a request asks for (none given: every exported one), in the exported order."""
+    if values is None:
+        return limits.tasks
+    names = [text(value, "a task name").strip() for value in values]
+    known = ("semantic", "instance", "depth", "pose")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise RequestError(f"unknown task {', '.join(map(repr, unknown))}: give some of {', '.join(known)}")
+    missing = [name for name in names if name not in limits.tasks]
+    if missing:
+        raise RequestError(
+            f"task {', '.join(missing)} was not exported to this repository (it serves {', '.join(limits.tasks)})"
+        )
+    if not names:
+        raise RequestError(f"tasks is empty: give some of {', '.join(limits.tasks)}, or leave it out for all")
+    return tuple(task for task in limits.tasks if task in names)
+
+
+def instance_limits(count, threshold, limits: Limits) -> tuple[int, float]:
+    """(max_instances, score_threshold) from a request's optional one-value inputs (None: the
+    defaults), each checked."""
+    count = limits.max_instances if count is None else _single(count, "max_instances")
+    threshold = limits.score_threshold if threshold is None else _single(threshold, "score_threshold")
+    if not 0 <= count <= limits.max_instances_limit:
+        raise RequestError(f"max_instances {count} is out of range: give 0 to {limits.max_instances_limit}")
+    if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+        raise RequestError(f"score_threshold {threshold} is out of range: give 0 to 1")
+    return int(count), float(threshold)
+
+
+def _single(values, name: str):
+    values = np.asarray(values).reshape(-1)
+    if values.size != 1:
+        raise RequestError(f"{name} must hold one value, got {values.size}")
+    return values[0].item()

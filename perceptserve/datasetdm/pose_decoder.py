@@ -1,0 +1,78 @@
+"""DatasetDM's pose P-Decoder (`PoseModule_HeatMap` in showlab/DatasetDM `model/pose_module_heat.py`)
+and its keypoint reading (`tools/parallel_generate_Pose_COCO_HeatMap.py`), our implementation for export.
+
+The feature pyramid mixed as in the depth decoder (4 x width channels at the latent size), then a
+1x1 convolution to 17 COCO keypoint heatmaps. DatasetDM reads one person per image: the heatmaps
+resized to the image size, each keypoint at its heatmap's maximum (`get_max_preds`: x = index mod
+width, y = index div width, (0, 0) where the maximum is not positive), moved a quarter pixel towards
+the higher neighbour on each axis away from the border, with the maximum as its score. Both are in
+the graph: the served models get (x, y, score) per keypoint at the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .features import FeatureLayout
+from .layers import FeaturePyramid, resize, scaled_size
+
+# COCO's person keypoints, in COCO's (and DatasetDM's) order, and its skeleton (1-based pairs).
+KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)  # fmt: skip
+SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9), (8, 10), (9, 11),
+    (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    width: int = 256  # every projection's width
+    image_scale: int = 8
+
+
+class PoseDecoder(FeaturePyramid):
+    def __init__(self, layout: FeatureLayout, config: PoseConfig) -> None:
+        width = config.width
+        super().__init__(layout, width, [(2 * width, 2 * width), (3 * width, 3 * width), (4 * width, 4 * width)])
+        self.config = config
+        self.final_layer = nn.Conv2d(4 * width, len(KEYPOINTS), kernel_size=1)
+
+    def forward(self, low, mid, high, highest) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected groups -> heatmaps (B, 17, h, w) at the latent size, keypoints (B, 17, 3):
+        x, y in image pixels and the heatmap's maximum."""
+        heatmaps = self.heatmaps(self.targets_from_projected([low, mid, high, highest]))
+        return heatmaps, read_keypoints(heatmaps, scaled_size(heatmaps, self.config.image_scale, 1))
+
+    def reference(self, raw: Sequence[torch.Tensor]) -> torch.Tensor:
+        """DatasetDM's own order: raw groups resized, then projected -> heatmaps."""
+        return self.heatmaps(self.targets_from_raw(raw))
+
+    def heatmaps(self, targets: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.final_layer(self.mix(*targets)[-1])
+
+
+def read_keypoints(heatmaps: torch.Tensor, image_size: tuple) -> torch.Tensor:
+    """DatasetDM's reading of (B, K, h, w) heatmaps at `image_size` -> (B, K, 3) (x, y, score)."""
+    maps = resize(heatmaps, image_size).flatten(2)  # (B, K, H * W)
+    height, width = image_size
+    score, index = maps.max(dim=-1)
+    x, y = index % width, torch.div(index, width, rounding_mode="floor")
+    positive = score > 0
+    x, y = torch.where(positive, x, 0), torch.where(positive, y, 0)
+
+    def at(dx: int, dy: int) -> torch.Tensor:
+        neighbour = (y + dy).clamp(0, height - 1) * width + (x + dx).clamp(0, width - 1)
+        return maps.gather(-1, neighbour[..., None])[..., 0]
+
+    inside = (x > 1) & (x < width - 1) & (y > 1) & (y < height - 1)
+    shift_x = torch.where(inside, torch.sign(at(1, 0) - at(-1, 0)) * 0.25, 0.0)
+    shift_y = torch.where(inside, torch.sign(at(0, 1) - at(0, -1)) * 0.25, 0.0)
+    return torch.stack([x.to(maps.dtype) + shift_x, y.to(maps.dtype) + shift_y, score], dim=-1)
