@@ -24,8 +24,9 @@ from skimage.transform import resize as resize_image
 from perceptserve import cli
 from perceptserve.datasetdm import tiny
 from perceptserve.datasetdm.checkpoint import CheckpointError
-from perceptserve.datasetdm.features import GROUPS, FeatureLayout
+from perceptserve.datasetdm.features import GROUPS, TASKS, FeatureLayout
 from perceptserve.datasetdm.layers import SegBlock, fold_spectral_norm
+from perceptserve.datasetdm.pose_decoder import read_keypoints
 
 from .datasetdm_fixtures import datasetdm_state_shapes, hook_capture, random_state
 
@@ -78,7 +79,7 @@ def test_sd14_layout_is_datasetdms(tiny_export):
 def test_repository_configs_match_the_onnx_files(tiny_export):
     import onnxruntime as ort
 
-    for model in names.model_names(("semantic", "depth")):
+    for model in names.model_names(TASKS):
         folder = version_dir(tiny_export.repository, model)
         session = ort.InferenceSession(str(folder / configs.ONNX_FILE), providers=["CPUExecutionProvider"])
         for target in ("cpu", "gpu"):
@@ -139,7 +140,7 @@ def test_onnx_chain_at_other_sizes_and_batches(tiny_export, size, batch):
     height, width = size
     models = tiny_export.models
     diffusion = models.diffusion
-    onnx_models = parity.OnnxModels(tiny_export.repository, names.model_names(("semantic", "depth")))
+    onnx_models = parity.OnnxModels(tiny_export.repository, names.model_names(TASKS))
     photos = [sample_images.astronaut(), sample_images.chelsea(), sample_images.coffee()][:batch]
     images = np.stack([resize_image(p, size, anti_aliasing=True) * 2 - 1 for p in photos]).transpose(0, 3, 1, 2)
     images = torch.from_numpy(images.astype(np.float32))
@@ -157,7 +158,7 @@ def test_onnx_chain_at_other_sizes_and_batches(tiny_export, size, batch):
     features = onnx_models(
         names.FEATURES, latents=latents, timestep=timestep, text_embeddings=text, uncond_embeddings=uncond
     )
-    for task in ("semantic", "depth"):
+    for task in TASKS:
         for group in GROUPS:
             level = models.extractor.layout.level(group)
             width_ = models.decoders[task].config.width
@@ -166,6 +167,8 @@ def test_onnx_chain_at_other_sizes_and_batches(tiny_export, size, batch):
         names.DECODERS["semantic"], class_embeddings=class_embeddings, **{g: features[f"semantic_{g}"] for g in GROUPS}
     )
     depth = onnx_models(names.DECODERS["depth"], **{g: features[f"depth_{g}"] for g in GROUPS})["depth"]
+    instance = onnx_models(names.DECODERS["instance"], **{g: features[f"instance_{g}"] for g in GROUPS})
+    pose = onnx_models(names.DECODERS["pose"], **{g: features[f"pose_{g}"] for g in GROUPS})
     image = onnx_models(names.VAE_DECODER, latents=latents)["image"]
     assert semantic["class_map"].shape == (batch, height, width) and semantic["class_map"].dtype == np.int32
     assert semantic["class_map"].min() >= 0 and semantic["class_map"].max() <= len(classes)
@@ -177,6 +180,13 @@ def test_onnx_chain_at_other_sizes_and_batches(tiny_export, size, batch):
         raw = [captured.group(models.extractor.layout, g) for g in GROUPS]
         class_map, scores = models.decoders["semantic"].reference(raw, class_embeddings)
         reference_depth = models.decoders["depth"].reference(raw)
+        logits, masks = models.decoders["instance"].reference(raw)
+        heatmaps = models.decoders["pose"].reference(raw)
+    assert instance["mask_logits"].shape == (batch, tiny.INSTANCE.num_queries, height * 5 // 16, width * 5 // 16)
+    assert relative(instance["class_logits"], logits) < 1e-2 and relative(instance["mask_logits"], masks) < 1e-2
+    assert relative(pose["heatmaps"], heatmaps) < 1e-4 and pose["keypoints"].shape == (batch, 17, 3)
+    keypoints = read_keypoints(heatmaps, (height, width)).numpy()
+    assert np.abs(pose["keypoints"][..., :2] - keypoints[..., :2]).max() <= 0.25
     assert relative(semantic["class_scores"], scores) < 1e-4
     assert (semantic["class_map"] == class_map.numpy()).mean() >= 0.999
     assert relative(depth, reference_depth) < 1e-4
@@ -316,8 +326,9 @@ def test_fp16_error_is_reported_and_bounded(tiny_export, tmp_path):
             for t in onnx.load(str(version_dir(repository, model) / configs.ONNX_FILE)).graph.initializer
         )
     models = tiny_export.models
+    decoders = {task: models.decoders[task] for task in ("semantic", "depth")}
     report = parity.check(
-        models.diffusion, models.extractor, models.decoders, repository, parity_example(tiny_export.job), "fp16"
+        models.diffusion, models.extractor, decoders, repository, parity_example(tiny_export.job), "fp16"
     )
     print(report.format())
     assert report.passed, report.format()

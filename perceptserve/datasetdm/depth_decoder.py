@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .features import FeatureLayout
-from .layers import FeaturePyramid, resize, scaled_size
+from .layers import FeaturePyramid, resize, scaled_size, stacking_mix
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,8 @@ class DepthConfig:
 
 class DepthDecoder(FeaturePyramid):
     def __init__(self, layout: FeatureLayout, config: DepthConfig) -> None:
+        super().__init__(layout, config.width, stacking_mix(config.width))
         width = config.width
-        super().__init__(layout, width, [(2 * width, 2 * width), (3 * width, 3 * width), (4 * width, 4 * width)])
         self.config = config
         self.last_layer_depth = nn.Sequential(
             nn.Conv2d(4 * width, 4 * width, kernel_size=3, stride=1, padding=1),

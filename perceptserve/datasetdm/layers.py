@@ -255,6 +255,12 @@ class FeaturePyramid(nn.Module):
         return low, mid, high, highest
 
 
+def stacking_mix(width: int) -> list[tuple[int, int]]:
+    """The mixing widths of DatasetDM's depth and pose decoders: each level keeps every channel of
+    the coarser ones (2, 3, then 4 x width), where the query decoders mix back to `width`."""
+    return [(k * width, k * width) for k in (2, 3, 4)]
+
+
 def scaled_size(reference: torch.Tensor, numerator: int, denominator: int) -> tuple:
     """DatasetDM's fixed sizes (20, 40, 80, 160 for a 64x64 latent) as fractions of the latent."""
     height, width = reference.shape[-2:]

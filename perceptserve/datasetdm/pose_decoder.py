@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .features import FeatureLayout
-from .layers import FeaturePyramid, resize, scaled_size
+from .layers import FeaturePyramid, resize, scaled_size, stacking_mix
 
 # COCO's person keypoints, in COCO's (and DatasetDM's) order, and its skeleton (1-based pairs).
 KEYPOINTS = (
@@ -40,8 +41,8 @@ class PoseConfig:
 
 class PoseDecoder(FeaturePyramid):
     def __init__(self, layout: FeatureLayout, config: PoseConfig) -> None:
+        super().__init__(layout, config.width, stacking_mix(config.width))
         width = config.width
-        super().__init__(layout, width, [(2 * width, 2 * width), (3 * width, 3 * width), (4 * width, 4 * width)])
         self.config = config
         self.final_layer = nn.Conv2d(4 * width, len(KEYPOINTS), kernel_size=1)
 
@@ -60,19 +61,26 @@ class PoseDecoder(FeaturePyramid):
 
 
 def read_keypoints(heatmaps: torch.Tensor, image_size: tuple) -> torch.Tensor:
-    """DatasetDM's reading of (B, K, h, w) heatmaps at `image_size` -> (B, K, 3) (x, y, score)."""
-    maps = resize(heatmaps, image_size).flatten(2)  # (B, K, H * W)
-    height, width = image_size
-    score, index = maps.max(dim=-1)
-    x, y = index % width, torch.div(index, width, rounding_mode="floor")
+    """DatasetDM's reading of (B, K, h, w) heatmaps at `image_size` -> (B, K, 3) (x, y, score).
+
+    Written with tensor ops only (no arithmetic on the image size), so that the exported graph
+    keeps the size dynamic: the maximum per row then over rows (the first maximum in row-major
+    order, as `np.argmax` of the flattened map), the neighbour differences and the border as maps
+    read at the keypoint."""
+    maps = resize(heatmaps, image_size)  # (B, K, H, W)
+    row_max, columns = maps.max(dim=-1)
+    score, y = row_max.max(dim=-1)
+    x = columns.gather(-1, y[..., None])[..., 0]
     positive = score > 0
     x, y = torch.where(positive, x, 0), torch.where(positive, y, 0)
 
-    def at(dx: int, dy: int) -> torch.Tensor:
-        neighbour = (y + dy).clamp(0, height - 1) * width + (x + dx).clamp(0, width - 1)
-        return maps.gather(-1, neighbour[..., None])[..., 0]
+    def at(field: torch.Tensor) -> torch.Tensor:
+        row = field.gather(2, y[..., None, None].expand(-1, -1, 1, field.shape[-1]))[..., 0, :]
+        return row.gather(-1, x[..., None])[..., 0]
 
-    inside = (x > 1) & (x < width - 1) & (y > 1) & (y < height - 1)
-    shift_x = torch.where(inside, torch.sign(at(1, 0) - at(-1, 0)) * 0.25, 0.0)
-    shift_y = torch.where(inside, torch.sign(at(0, 1) - at(0, -1)) * 0.25, 0.0)
+    across = F.pad(maps[..., :, 2:] - maps[..., :, :-2], (1, 1))  # right - left neighbour
+    down = F.pad(maps[..., 2:, :] - maps[..., :-2, :], (0, 0, 1, 1))
+    inside = at(F.pad(torch.ones_like(maps[..., 2:-1, 2:-1]), (2, 1, 2, 1))) > 0  # 1 < x < W - 1, same for y
+    shift_x = torch.where(inside, torch.sign(at(across)) * 0.25, 0.0)
+    shift_y = torch.where(inside, torch.sign(at(down)) * 0.25, 0.0)
     return torch.stack([x.to(maps.dtype) + shift_x, y.to(maps.dtype) + shift_y, score], dim=-1)
