@@ -80,7 +80,7 @@ class ParityReport:
         for what, diff, rel, limit in self.rows:
             note = "" if limit == self.tolerance.relative else f"  (limit {limit:g}: thresholded attention masks)"
             lines.append(f"  {what:<62} max abs diff {diff:.3e}  relative {rel:.3e}{note}")
-        lines += [f"  {what:<62} pixels agreeing {value:.5f}" for what, value in self.agreements]
+        lines += [f"  {what:<62} fraction agreeing {value:.5f}" for what, value in self.agreements]
         if self.handoff:
             raw, projected = self.handoff
             lines.append(
