@@ -100,6 +100,7 @@ class Dataset:
         self.root = Path(root)
         self.spec = spec
         self.done: dict[int, dict] = {}
+        self._records: dict[int, dict] = {}  # seed -> COCO record, read from disk once
         manifest = self.root / MANIFEST
         if manifest.exists():
             for line in manifest.read_text().splitlines():
@@ -153,6 +154,7 @@ class Dataset:
         if "coco" in files:
             record = coco.item_record(files["image"], annotation, image.shape[:2], self.spec.keypoint_threshold)
             coco.write_record(self.root / files["coco"], record)
+            self._records[seed] = record
         entry = {"seed": seed, **asdict(self.spec), "files": files}
         with open(self.root / MANIFEST, "a") as manifest:
             manifest.write(json.dumps(entry) + "\n")
@@ -163,8 +165,11 @@ class Dataset:
 
     def write_coco(self) -> list[Path]:
         """Rebuild the COCO files from the items in the manifest, by seed."""
-        entries = [self.done[seed] for seed in sorted(self.done) if "coco" in self.done[seed]["files"]]
-        records = [coco.read_record(self.root / entry["files"]["coco"]) for entry in entries]
+        seeds = [seed for seed in sorted(self.done) if "coco" in self.done[seed]["files"]]
+        for seed in seeds:
+            if seed not in self._records:
+                self._records[seed] = coco.read_record(self.root / self.done[seed]["files"]["coco"])
+        records = [self._records[seed] for seed in seeds]
         return coco.write(self.root, records, self.spec.classes) if records else []
 
 

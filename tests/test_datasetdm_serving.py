@@ -125,14 +125,19 @@ def test_instances_and_keypoints_match_the_eager_path(tiny_export, annotator):
     expected = instances.infer(logits[0], masks[0], labels, (64, 128), 20, 0.0, tiny.INSTANCE.top_k)
     print(f"{len(served.instances)} instances, scores {[round(i.score, 3) for i in served.instances]}")
     assert len(served.instances) == len(expected.scores) > 0
-    for instance, mask, category, score, box in zip(
-        served.instances, expected.masks, expected.classes, expected.scores, expected.boxes, strict=True
-    ):
+    unmatched = list(range(len(expected.scores)))  # matched by category, score and mask: near-equal scores may swap
+    for instance in served.instances:
         decoded = mask_of(instance.rle)
-        assert decoded.shape == (64, 128) and instance.category == category != 3
-        assert (decoded & mask).sum() / max((decoded | mask).sum(), 1) >= 0.99
-        assert instance.score == pytest.approx(float(score), rel=1e-2, abs=1e-3)
-        assert instance.box == pytest.approx(box.tolist(), abs=1.0)
+        assert decoded.shape == (64, 128) and instance.category != 3
+        match = next(
+            j
+            for j in unmatched
+            if expected.classes[j] == instance.category
+            and abs(expected.scores[j] - instance.score) <= 1e-2 * expected.scores[j] + 1e-4
+            and (decoded & expected.masks[j]).sum() >= 0.99 * (decoded | expected.masks[j]).sum()
+        )
+        assert instance.box == pytest.approx(expected.boxes[match].tolist(), abs=1.0)
+        unmatched.remove(match)
     keypoints = read_keypoints(decoders["pose"].reference(raw), (64, 128))[0].numpy()
     assert served.keypoints.shape == (17, 3)
     assert np.abs(served.keypoints[:, :2] - keypoints[:, :2]).max() <= 0.25
