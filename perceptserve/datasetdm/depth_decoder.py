@@ -16,21 +16,18 @@ import torch
 from torch import nn
 
 from .features import FeatureLayout
-from .layers import FeaturePyramid, resize, scaled_size, stacking_mix
+from .layers import StackingConfig, StackingPyramid, resize, scaled_size
 
 
 @dataclass(frozen=True)
-class DepthConfig:
-    width: int = 256  # every projection's width
+class DepthConfig(StackingConfig):
     max_depth: float = 10.0
-    image_scale: int = 8
 
 
-class DepthDecoder(FeaturePyramid):
+class DepthDecoder(StackingPyramid):
     def __init__(self, layout: FeatureLayout, config: DepthConfig) -> None:
-        super().__init__(layout, config.width, stacking_mix(config.width))
+        super().__init__(layout, config)
         width = config.width
-        self.config = config
         self.last_layer_depth = nn.Sequential(
             nn.Conv2d(4 * width, 4 * width, kernel_size=3, stride=1, padding=1),
             nn.ReLU(),

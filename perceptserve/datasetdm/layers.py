@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -255,10 +256,20 @@ class FeaturePyramid(nn.Module):
         return low, mid, high, highest
 
 
-def stacking_mix(width: int) -> list[tuple[int, int]]:
-    """The mixing widths of DatasetDM's depth and pose decoders: each level keeps every channel of
-    the coarser ones (2, 3, then 4 x width), where the query decoders mix back to `width`."""
-    return [(k * width, k * width) for k in (2, 3, 4)]
+@dataclass(frozen=True)
+class StackingConfig:
+    width: int = 256  # every projection's width
+    image_scale: int = 8  # image pixels per latent pixel
+
+
+class StackingPyramid(FeaturePyramid):
+    """The pyramid of DatasetDM's depth and pose decoders: each level keeps every channel of the
+    coarser ones (2, 3, then 4 x width at the latent size), where the query decoders mix back to
+    `width`."""
+
+    def __init__(self, layout: FeatureLayout, config: StackingConfig) -> None:
+        super().__init__(layout, config.width, [(k * config.width, k * config.width) for k in (2, 3, 4)])
+        self.config = config
 
 
 def scaled_size(reference: torch.Tensor, numerator: int, denominator: int) -> tuple:

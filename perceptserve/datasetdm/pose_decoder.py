@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import FeatureLayout
-from .layers import FeaturePyramid, resize, scaled_size, stacking_mix
+from .layers import StackingConfig, StackingPyramid, resize, scaled_size
 
 # COCO's person keypoints, in COCO's (and DatasetDM's) order, and its skeleton (1-based pairs).
 KEYPOINTS = (
@@ -34,17 +34,14 @@ SKELETON = (
 
 
 @dataclass(frozen=True)
-class PoseConfig:
-    width: int = 256  # every projection's width
-    image_scale: int = 8
+class PoseConfig(StackingConfig):
+    pass
 
 
-class PoseDecoder(FeaturePyramid):
+class PoseDecoder(StackingPyramid):
     def __init__(self, layout: FeatureLayout, config: PoseConfig) -> None:
-        super().__init__(layout, config.width, stacking_mix(config.width))
-        width = config.width
-        self.config = config
-        self.final_layer = nn.Conv2d(4 * width, len(KEYPOINTS), kernel_size=1)
+        super().__init__(layout, config)
+        self.final_layer = nn.Conv2d(4 * config.width, len(KEYPOINTS), kernel_size=1)
 
     def forward(self, low, mid, high, highest) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected groups -> heatmaps (B, 17, h, w) at the latent size, keypoints (B, 17, 3):
