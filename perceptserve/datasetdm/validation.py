@@ -158,7 +158,7 @@ def instance_limits(count, threshold, limits: Limits) -> tuple[int, float]:
     if not 0 <= count <= limits.max_instances_limit:
         raise RequestError(f"max_instances {count} is out of range: give 0 to {limits.max_instances_limit}")
     if not 0.0 <= threshold <= 1.0:  # also refuses NaN
-        raise RequestError(f"score_threshold {threshold} is out of range: give 0 to 1")
+        raise RequestError(f"score_threshold {threshold:g} is out of range: give 0 to 1")
     return int(count), float(threshold)
 
 
