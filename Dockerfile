@@ -37,12 +37,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 # The packages the python-backend models import (Ubuntu 22.04's Python 3.10 runs the stub).
 # onnxruntime-gpu 1.19-1.22 is built for CUDA 12 and cuDNN 9, as shipped in the 24.10 image.
-# tritonclient is for the chart's `helm test` pod, which runs in this image.
+# tritonclient: `perceptserve serve` reads the repository's ensemble configs with its protobuf
+# definitions (tritonclient.grpc), and the chart's `helm test` pod uses its HTTP client.
 RUN python3 -m pip install \
         "numpy<2" \
         "pillow>=10" \
         "onnxruntime-gpu>=1.19,<1.23" \
-        "tritonclient[http]==2.51.0"
+        "tritonclient[grpc,http]==2.51.0"
 
 # perceptserve itself (its python models import perceptserve.*). --no-deps: torch and the export
 # toolchain are not needed to serve.
@@ -55,7 +56,9 @@ COPY clients/ clients/
 COPY benchmarks/ benchmarks/
 COPY model_repository/ model_repository/
 RUN python3 -m pip install --no-deps . \
-    && python3 -c "import perceptserve, numpy, PIL, onnxruntime, tritonclient.http; print('perceptserve', perceptserve.__version__)"
+    && python3 -c "import perceptserve, numpy, PIL, onnxruntime, tritonclient.http; print('perceptserve', perceptserve.__version__)" \
+    && python3 -c "import perceptserve.server.supervisor, perceptserve.model_repository.configs" \
+    && perceptserve serve --help >/dev/null
 
 # A non-root user with uid/gid 1000 (the NGC image may already have one: triton-server).
 RUN if ! getent group "${PERCEPTSERVE_GID}" >/dev/null; then \
@@ -78,7 +81,10 @@ ENV HOME=/tmp
 USER ${PERCEPTSERVE_UID}:${PERCEPTSERVE_GID}
 WORKDIR /tmp
 
-EXPOSE 8000 8001 8002
+EXPOSE 8000 8001 8002 8003
 
-ENTRYPOINT ["tritonserver"]
-CMD ["--model-repository=/models", "--model-config-name=gpu", "--model-control-mode=none", "--exit-timeout-secs=30"]
+# `perceptserve serve` supervises /opt/tritonserver (found there automatically): it restarts the
+# server when a python-backend stub dies, drains requests in flight on SIGTERM before passing the
+# signal on, and answers /ready and /live on port 8003. Arguments after "--" go to tritonserver.
+ENTRYPOINT ["perceptserve", "serve"]
+CMD ["--repository=/models", "--config=gpu", "--host=0.0.0.0", "--health-port=8003", "--log-to-stdout"]

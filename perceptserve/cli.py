@@ -56,7 +56,9 @@ def cmd_export_datasetdm(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from perceptserve.server.supervisor import serve_forever
 
-    return serve_forever(args.repository, args.config, _server_settings(args), log_file=args.log_file)
+    return serve_forever(
+        args.repository, args.config, _server_settings(args), log_file=args.log_file, tritonserver=args.tritonserver
+    )
 
 
 def _server_settings(args: argparse.Namespace):
@@ -69,6 +71,12 @@ def _server_settings(args: argparse.Namespace):
         http_port=args.http_port,
         metrics_port=args.metrics_port,
         host=args.host,
+        health_port=args.health_port,
+        exit_timeout_s=args.exit_timeout,
+        drain_timeout_s=args.drain_timeout,
+        response_cache_bytes=args.response_cache_bytes or base.server.response_cache_bytes,
+        tritonserver_args=tuple(args.tritonserver_args),
+        log_to_stdout=args.log_to_stdout,
     )
 
 
@@ -250,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     datasetdm.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     datasetdm.set_defaults(func=cmd_export_datasetdm)
 
-    serve = commands.add_parser("serve", help="run the bundled tritonserver on a model repository")
+    serve = commands.add_parser(
+        "serve",
+        help="run tritonserver on a model repository, restarting it when a python stub dies and draining on SIGTERM",
+    )
     serve.add_argument("--repository", type=Path, required=True)
     serve.add_argument("--config", choices=list(settings_module.TARGETS), default="cpu")
     defaults = settings_module.ServerSettings()
@@ -259,6 +270,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
     serve.add_argument("--host", default=defaults.host, help="address to bind (default: loopback only)")
     serve.add_argument("--log-file", type=Path, help="server log (default: a file in the temp folder)")
+    serve.add_argument(
+        "--log-to-stdout", action="store_true", help="also copy the server log to standard output (containers)"
+    )
+    serve.add_argument(
+        "--tritonserver",
+        type=Path,
+        help="tritonserver installation folder (default: /opt/tritonserver where it exists, else the bundled one)",
+    )
+    serve.add_argument("--health-port", type=int, help="serve /ready and /live for probes on this port (default: none)")
+    serve.add_argument(
+        "--exit-timeout",
+        type=int,
+        default=defaults.exit_timeout_s,
+        help="seconds tritonserver waits for requests after SIGTERM",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=int,
+        default=defaults.drain_timeout_s,
+        help="on SIGTERM, wait at most this long for requests in flight before stopping tritonserver (seconds)",
+    )
+    serve.add_argument(
+        "--response-cache-bytes", type=int, help="default: PERCEPTSERVE_RESPONSE_CACHE_BYTES, else the settings'"
+    )
+    serve.add_argument("tritonserver_args", nargs="*", metavar="-- TRITONSERVER_ARG", help="passed on to tritonserver")
     serve.set_defaults(func=cmd_serve)
 
     segment = commands.add_parser("segment", help="segment an image with HQ-SAM over gRPC")

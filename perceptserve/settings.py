@@ -152,9 +152,20 @@ class ServerSettings:
     # Initial shared-memory region per python-backend model instance; it grows on demand.
     python_shm_default_bytes: int = 16 << 20
     python_shm_growth_bytes: int = 16 << 20
-    api_key: str | None = None  # restricts RESTRICTED_APIS when set
+    api_key: str | None = None  # restricts `restricted_apis` when set
+    api_key_header: str = API_KEY_HEADER
+    restricted_apis: tuple[str, ...] = RESTRICTED_APIS
     # `perceptserve serve` restarts the server when a python-backend stub dies, this many times.
     stub_restart_limit: int = 5
+    # On SIGTERM `perceptserve serve` waits at most this long for Triton to hold no request, then
+    # passes the signal on; Triton then waits up to exit_timeout_s. A pod's grace period covers both.
+    drain_timeout_s: int = 60
+    # `perceptserve serve`'s own health endpoint (/ready sees dead python stubs); None: none.
+    health_port: int | None = None
+    # Copy tritonserver's log to standard output too (in a container, where `kubectl logs` reads).
+    log_to_stdout: bool = False
+    # Further tritonserver arguments, appended to those built from the fields above.
+    tritonserver_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +193,8 @@ ENV_OVERRIDES = {
     ),
     "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
     "PERCEPTSERVE_API_KEY": ("server", "api_key", str),
+    "PERCEPTSERVE_API_KEY_HEADER": ("server", "api_key_header", str),
+    "PERCEPTSERVE_RESTRICTED_APIS": ("server", "restricted_apis", _names),
     "PERCEPTSERVE_DATASETDM_CLASSES": (
         "datasetdm",
         "class_vocabulary",

@@ -1,8 +1,10 @@
 """Where a tritonserver and its backends are, and the environment its python stubs need.
 
-The development default is the tritonserver 2.51 that `nvidia-pytriton` ships (python backend
-only): the wheel keeps one python stub per Python version beside the backend, and Triton looks
-for the stub inside the backend's folder, so we assemble that folder once per environment.
+Two kinds: an installed tritonserver with its own backends (the NGC image's /opt/tritonserver,
+what production runs), and, for development, the tritonserver 2.51 that `nvidia-pytriton` ships
+(python backend only). That wheel keeps one python stub per Python version beside the backend,
+and Triton looks for the stub inside the backend's folder, so we assemble that folder once per
+environment.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .failure import ServerError
+
+NGC_ROOT = Path("/opt/tritonserver")
+STUB = "triton_python_backend_stub"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,30 @@ class TritonInstallation:
     libraries: tuple[Path, ...]
 
     @classmethod
+    def locate(cls, root: Path | None = None) -> TritonInstallation:
+        """`root` when given (`--tritonserver`), else the NGC image's /opt/tritonserver where it
+        exists, else the bundled one."""
+        if root is None and (NGC_ROOT / "bin" / "tritonserver").is_file():
+            root = NGC_ROOT
+        return cls.bundled() if root is None else cls.external(root)
+
+    @classmethod
+    def external(cls, root: Path) -> TritonInstallation:
+        """A tritonserver installed as NGC's image installs it: `root/bin/tritonserver`,
+        `root/backends/python/` with the stub, `root/caches/`, `root/lib/`. `root` may also be
+        the binary itself."""
+        root = Path(root)
+        if root.is_file():
+            root = root.parent.parent
+        binary, backends = root / "bin" / "tritonserver", root / "backends"
+        if not binary.is_file():
+            raise ServerError(f"no tritonserver at {binary}: give --tritonserver its installation folder")
+        if not (backends / "python" / STUB).is_file():
+            raise ServerError(f"{root} has no python backend ({backends / 'python' / STUB} is missing)")
+        libraries = tuple(folder for folder in (root / "lib",) if folder.is_dir())
+        return cls(binary, backends, root / "caches", libraries)
+
+    @classmethod
     def bundled(cls) -> TritonInstallation:
         """The tritonserver of the `nvidia-pytriton` wheel in this environment."""
         try:
@@ -49,10 +78,13 @@ class TritonInstallation:
         The python stub finds this environment's packages through PATH's first python. It links
         libpython3.x by name: this interpreter's own comes first, so that its extension modules
         (_ssl, which torch, transformers and diffusers import) find the symbols they were built
-        against rather than another build's (a system libpython)."""
+        against rather than another build's (a system libpython). A folder without a libpython
+        (the NGC image's /usr/lib) is left out: it would only shadow the image's own libraries."""
         env = dict(os.environ if base is None else base)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        libraries = [*map(str, self.libraries), str(Path(sys.base_prefix) / "lib"), env.get("LD_LIBRARY_PATH", "")]
+        interpreter = Path(sys.base_prefix) / "lib"
+        own_python = [str(interpreter)] if any(interpreter.glob("libpython3*.so*")) else []
+        libraries = [*map(str, self.libraries), *own_python, env.get("LD_LIBRARY_PATH", "")]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
         return env
 
@@ -62,11 +94,11 @@ def _python_backend_folder(root: Path) -> Path:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     folder = Path(sys.prefix) / "var" / "perceptserve" / f"triton-backends-py{version}"
     python = folder / "python"
-    stub = python / "triton_python_backend_stub"
+    stub = python / STUB
     if not stub.exists():
         python.mkdir(parents=True, exist_ok=True)
         for item in (root / "backends" / "python").iterdir():
             if item.is_file():
                 shutil.copy2(item, python / item.name)
-        shutil.copy2(root / "python_backend_stubs" / version / "triton_python_backend_stub", stub)
+        shutil.copy2(root / "python_backend_stubs" / version / STUB, stub)
     return folder

@@ -8,20 +8,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STUB_BINARY = b"triton_python_backend_stub"
+from .installation import STUB
+
+
+def children(parent: int) -> list[int]:
+    """The processes whose parent is `parent`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return found
 
 
 def stub_processes(server_pid: int) -> dict[int, str]:
-    """{pid: model instance name} of the stubs whose parent is `server_pid`."""
+    """{pid: model instance name} of the stubs of the server `server_pid` (a stub killed and not
+    yet reaped has no command line any more, so it is not among them)."""
     stubs = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in children(server_pid):
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if parent != server_pid:
-                continue
-            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended while we looked
-        if argv and argv[0].endswith(STUB_BINARY) and len(argv) > 3:
-            stubs[int(stat.parent.name)] = argv[-3].decode()  # argv ends with: name, "DEFAULT", ""
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(STUB.encode()) and len(argv) > 3:
+            stubs[pid] = argv[-3].decode()  # argv ends with: name, "DEFAULT", ""
     return stubs

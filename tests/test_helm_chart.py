@@ -5,8 +5,9 @@ option on, and the other model-repository sources), lints it strictly, validates
 manifest against the Kubernetes 1.30 schemas (kubernetes-validate, strict: unknown fields and
 unknown kinds fail) and the ServiceMonitor against the Prometheus Operator CRD schema, checks the
 security, probe, GPU, autoscaling and restricted-API settings, and that bad values are refused.
-A `server` test runs the real tritonserver 2.51 with the chart's own arguments and the chart's
-`helm test` script against it.
+A `server` test runs the chart's own command line (`perceptserve serve`, supervising the real
+tritonserver 2.51 that stands in for the NGC image's) and the chart's `helm test` script against it;
+tests/test_reliability.py runs the same command line through a killed stub and a SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,30 +18,38 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import tomllib
 import yaml
-from perceptserve.server import free_port
-from perceptserve.server.installation import TritonInstallation
+from perceptserve.server.flags import OWNED_FLAGS
 
-REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "helm" / "perceptserve"
+from .chart_server import (
+    CHART,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    ChartServer,
+    container_environment,
+    of_kind,
+    one,
+    render,
+    run_helm,
+    server_pod,
+    template_args,
+    triton_container,
+)
+
 ALL_ON_VALUES = CHART / "ci" / "all-on-values.yaml"
 SERVICEMONITOR_CRD = Path(__file__).resolve().parent / "data" / "servicemonitor-crd-v1.json"
-KUBE_VERSION = "1.30.0"
-RELEASE = "ps"
-NAMESPACE = "vision"
 
 ENGINE_CACHE = "/cache/tensorrt"
 WRITABLE_MOUNTS = {"/tmp", "/dev/shm", ENGINE_CACHE}
-RESTRICTED_APIS = ["model-repository", "model-config", "shared-memory", "statistics", "trace", "logging"]
+RESTRICTED_APIS = "model-repository,model-config,shared-memory,statistics,trace,logging"
 STARTUP_BUDGET_S = 30 * 60
 
 # Variants rendered for the manifest checks: name -> extra `helm template` arguments.
@@ -80,35 +89,6 @@ VARIANTS = {
 # Tools
 
 
-def helm_binary() -> str:
-    """The Helm binary: $HELM (a path, relative to the repository, or a name on PATH), else
-    .tools/helm/helm. Missing is a failure, never a skip."""
-    configured = os.environ.get("HELM") or ".tools/helm/helm"
-    path = Path(configured) if Path(configured).is_absolute() else REPO / configured
-    found = str(path) if path.is_file() else (shutil.which(configured) if os.sep not in configured else None)
-    if not found or not os.access(found, os.X_OK):
-        pytest.fail(
-            f"Helm binary not found ({configured}): run `make helm-tools` first "
-            "(it installs Helm 3 into .tools/helm/helm)",
-            pytrace=False,
-        )
-    return found
-
-
-def run_helm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([helm_binary(), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
-def template_args(*extra: str) -> list[str]:
-    return ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *extra]
-
-
-def render(*extra: str) -> list[dict]:
-    result = run_helm(*template_args(*extra))
-    assert result.returncode == 0, f"helm template {' '.join(extra)} failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
 def kubernetes_validate_module():
     try:
         import kubernetes_validate
@@ -145,26 +125,6 @@ def default_docs(rendered):
 @pytest.fixture(scope="module")
 def all_on_docs(rendered):
     return rendered["all-on"]
-
-
-def of_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [doc for doc in docs if doc["kind"] == kind]
-
-
-def one(docs: list[dict], kind: str) -> dict:
-    found = of_kind(docs, kind)
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-    return found[0]
-
-
-def server_pod(docs: list[dict]) -> dict:
-    return one(docs, "Deployment")["spec"]["template"]
-
-
-def triton_container(docs: list[dict]) -> dict:
-    containers = server_pod(docs)["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["tritonserver"]
-    return containers[0]
 
 
 def helm_test_pod(docs: list[dict]) -> dict:
@@ -357,12 +317,15 @@ def test_security_settings(rendered, variant):
 def test_probes(rendered, variant):
     container = triton_container(rendered[variant])
     startup, ready, live = container["startupProbe"], container["readinessProbe"], container["livenessProbe"]
-    assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert ready["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert live["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    # The supervisor's endpoint: Triton's own /v2/health/ready stays 200 after a python stub dies.
+    assert startup["httpGet"] == {"path": "/ready", "port": "health"}
+    assert ready["httpGet"] == {"path": "/ready", "port": "health"}
+    assert live["httpGet"] == {"path": "/live", "port": "health"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= STARTUP_BUDGET_S
+    assert ready["failureThreshold"] == 1  # out of the Service at the first probe after a stub died
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "health": 8003}
+    assert int(arg_value(container["args"], "--health-port")) == ports["health"]
 
 
 @pytest.mark.parametrize(("variant", "gpus"), [("default", 1), ("all-on", 2)])
@@ -377,26 +340,43 @@ def test_gpu_resources_and_placement(rendered, variant, gpus):
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
 
 
+def tritonserver_args(container: dict) -> list[str]:
+    """The arguments after `--`, which `perceptserve serve` passes on to tritonserver."""
+    args = container["args"]
+    assert args.count("--") == 1
+    return args[args.index("--") + 1 :]
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_triton_arguments(rendered, variant):
+def test_server_runs_under_the_supervisor(rendered, variant):
     docs = rendered[variant]
     container = triton_container(docs)
     args = container["args"]
-    assert container["command"] == ["tritonserver"]
-    assert arg_value(args, "--model-repository") == "/models"
-    assert arg_value(args, "--model-config-name") == "gpu"
-    assert arg_value(args, "--model-control-mode") == "none"
-    assert int(arg_value(args, "--exit-timeout-secs")) > 0
-    assert re.fullmatch(r"local,size=[1-9][0-9]*", arg_value(args, "--cache-config"))
-    # Restricted APIs behind a key from a Secret (expanded by the kubelet from the environment).
+    assert container["command"] == ["perceptserve", "serve"]
+    ours = args[: args.index("--")]
+    assert arg_value(ours, "--repository") == "/models"
+    assert arg_value(ours, "--config") == "gpu"
+    assert arg_value(ours, "--host") == "0.0.0.0"
+    assert int(arg_value(ours, "--exit-timeout")) > 0 and int(arg_value(ours, "--drain-timeout")) > 0
+    assert int(arg_value(ours, "--response-cache-bytes")) > 0
+    assert "--log-to-stdout" in ours  # tritonserver's log reaches `kubectl logs`
+    # What goes on to tritonserver: only flags the supervisor does not set itself.
+    passed = tritonserver_args(container)
+    assert not [a for a in passed if a.split("=", 1)[0] in OWNED_FLAGS], passed
     values = yaml.safe_load((ALL_ON_VALUES if variant == "all-on" else CHART / "values.yaml").read_text())
+    assert int(arg_value(passed, "--log-verbose")) == values["triton"]["logVerbose"]
+    assert [a for a in passed if a.startswith("--backend-config=")] == [
+        f"--backend-config={c}" for c in values["triton"]["backendConfig"]
+    ]
+    extra = values["triton"].get("extraArgs", [])
+    assert passed[len(passed) - len(extra) :] == extra
+    # Restricted APIs behind a key from a Secret, given to the supervisor in its environment (the
+    # names perceptserve.settings reads) and never in the pod spec.
+    env = {e["name"]: e for e in container["env"]}
     header = values["triton"]["restrictedApi"].get("header", "perceptserve-api-key")
-    expected = f"{','.join(RESTRICTED_APIS)}:{header}=$(TRITON_RESTRICTED_API_KEY)"
-    assert arg_value(args, "--grpc-restricted-protocol") == expected
-    assert arg_value(args, "--http-restricted-api") == expected
-    key_env = [e for e in container["env"] if e["name"] == "TRITON_RESTRICTED_API_KEY"]
-    assert len(key_env) == 1 and "secretKeyRef" in key_env[0]["valueFrom"]
-    ref = key_env[0]["valueFrom"]["secretKeyRef"]
+    assert env["PERCEPTSERVE_API_KEY_HEADER"]["value"] == header
+    assert env["PERCEPTSERVE_RESTRICTED_APIS"]["value"] == RESTRICTED_APIS
+    ref = env["PERCEPTSERVE_API_KEY"]["valueFrom"]["secretKeyRef"]
     secrets = of_kind(docs, "Secret")
     if variant == "all-on":  # an existing Secret: the chart creates none
         assert ref == {"name": "perceptserve-api-key", "key": "key"}
@@ -405,19 +385,31 @@ def test_triton_arguments(rendered, variant):
         assert len(secrets) == 1 and secrets[0]["metadata"]["name"] == ref["name"]
         key = base64.b64decode(secrets[0]["data"][ref["key"]]).decode()
         assert re.fullmatch(r"[A-Za-z0-9]{32,}", key)
-    # No secret value in the pod spec itself.
-    assert "$(TRITON_RESTRICTED_API_KEY)" in json.dumps(args)
+        assert key not in json.dumps(container)
+
+
+def test_settings_read_the_chart_environment(default_docs):
+    """`perceptserve serve` restricts the APIs the chart names, with its header and key."""
+    from perceptserve.settings import from_env
+
+    container = triton_container(default_docs)
+    server = from_env(container_environment(container, default_docs)).server
+    assert server.api_key and server.api_key_header == "perceptserve-api-key"
+    assert ",".join(server.restricted_apis) == RESTRICTED_APIS
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_termination_grace_exceeds_exit_timeout(rendered, variant):
+def test_termination_grace_covers_the_drain(rendered, variant):
+    """preStop sleep, then the supervisor's drain, then Triton's own exit timeout: all within the
+    grace period, else the kubelet kills the server with requests in flight."""
     docs = rendered[variant]
     spec = server_pod(docs)["spec"]
     container = triton_container(docs)
-    exit_timeout = int(arg_value(container["args"], "--exit-timeout-secs"))
+    drain = int(arg_value(container["args"], "--drain-timeout"))
+    exit_timeout = int(arg_value(container["args"], "--exit-timeout"))
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     sleep = int(pre_stop[1]) if pre_stop else 0
-    assert spec["terminationGracePeriodSeconds"] > exit_timeout + sleep
+    assert spec["terminationGracePeriodSeconds"] > sleep + drain + exit_timeout
 
 
 @pytest.mark.parametrize("variant", ["default", "all-on"])
@@ -565,7 +557,7 @@ def test_helm_test_pod(rendered, variant):
     assert env["PERCEPTSERVE_URL"]["value"] == f"{service['metadata']['name']}.{NAMESPACE}.svc:8000"
     assert (
         env["PERCEPTSERVE_API_KEY"]["valueFrom"]["secretKeyRef"]
-        == [e for e in triton_container(docs)["env"] if e["name"] == "TRITON_RESTRICTED_API_KEY"][0]["valueFrom"][
+        == [e for e in triton_container(docs)["env"] if e["name"] == "PERCEPTSERVE_API_KEY"][0]["valueFrom"][
             "secretKeyRef"
         ]
     )
@@ -599,10 +591,12 @@ def test_defaults_follow_perceptserve_settings(default_docs):
     server = ServerSettings()
     container = triton_container(default_docs)
     args = container["args"]
-    assert int(arg_value(args, "--exit-timeout-secs")) == server.exit_timeout_s
-    assert arg_value(args, "--cache-config") == f"local,size={server.response_cache_bytes}"
-    assert f"--backend-config=python,shm-default-byte-size={server.python_shm_default_bytes}" in args
-    assert f"--backend-config=python,shm-growth-byte-size={server.python_shm_growth_bytes}" in args
+    assert int(arg_value(args, "--exit-timeout")) == server.exit_timeout_s
+    assert int(arg_value(args, "--drain-timeout")) == server.drain_timeout_s
+    assert int(arg_value(args, "--response-cache-bytes")) == server.response_cache_bytes
+    passed = tritonserver_args(container)
+    assert f"--backend-config=python,shm-default-byte-size={server.python_shm_default_bytes}" in passed
+    assert f"--backend-config=python,shm-growth-byte-size={server.python_shm_growth_bytes}" in passed
     assert (
         int(arg_value(args, "--http-port")),
         int(arg_value(args, "--grpc-port")),
@@ -670,6 +664,10 @@ BAD_VALUES = [
     (["--set", "shm.sizeLimit=lots"], "shm.sizeLimit"),
     (["--set", "podDisruptionBudget.minAvailable=1"], "podDisruptionBudget"),
     (["--set", "terminationGracePeriodSeconds=30"], "terminationGracePeriodSeconds (30) must be greater"),
+    (["--set", "terminationGracePeriodSeconds=90"], "drainTimeoutSeconds (60)"),
+    (["--set", "drainTimeoutSeconds=0"], "drainTimeoutSeconds"),
+    (["--set", "triton.exitTimeoutSeconds=7200"], "triton.exitTimeoutSeconds"),
+    (["--set", "triton.modelConfigName=fast"], "triton.modelConfigName"),
     (
         [
             "--set",
@@ -708,7 +706,7 @@ def test_dockerfile():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"^ARG TRITON_IMAGE=nvcr\.io/nvidia/tritonserver:24\.10-py3$", dockerfile, re.M)
     assert re.search(r"^FROM \$\{TRITON_IMAGE\}$", dockerfile, re.M)
-    for package in ('"numpy<2"', '"pillow', '"onnxruntime-gpu', '"tritonclient[http]'):
+    for package in ('"numpy<2"', '"pillow', '"onnxruntime-gpu', '"tritonclient[grpc,http]'):
         assert package in dockerfile, package
     assert "pip install --no-deps ." in dockerfile
     # Every source folder of the package is copied (pyproject's package-dir).
@@ -719,7 +717,12 @@ def test_dockerfile():
     assert re.search(r"^COPY pyproject\.toml README\.md \./$", dockerfile, re.M)
     assert re.search(r"^USER \$\{PERCEPTSERVE_UID\}:\$\{PERCEPTSERVE_GID\}$", dockerfile, re.M)
     assert "ARG PERCEPTSERVE_UID=1000" in dockerfile
-    assert 'ENTRYPOINT ["tritonserver"]' in dockerfile
+    # The supervisor runs the image's tritonserver, as the chart's container does.
+    assert 'ENTRYPOINT ["perceptserve", "serve"]' in dockerfile
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, re.M)
+    cmd = json.loads(cmd)
+    for argument in ("--repository=/models", "--config=gpu", "--host=0.0.0.0", "--health-port=8003", "--log-to-stdout"):
+        assert argument in cmd, argument
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".venv", "repository", "demo-output", "bench-output", ".git", "**/*.onnx"} <= ignored
 
@@ -783,77 +786,16 @@ def stand_in_repository(root: Path) -> Path:
     return root
 
 
-def container_environment(container: dict, docs: list[dict]) -> dict[str, str]:
-    """The container's environment as the kubelet builds it (values and Secret keys)."""
-    secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
-    env = {}
-    for item in container.get("env", []):
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = base64.b64decode(secrets[ref["name"]]["data"][ref["key"]]).decode()
-    return env
-
-
-def expand(argument: str, env: dict[str, str]) -> str:
-    """The kubelet's $(VAR) expansion in command and args."""
-    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), argument)
-
-
 @pytest.mark.server
-def test_chart_arguments_and_helm_test_script_on_tritonserver(default_docs, tmp_path):
+def test_chart_command_and_helm_test_script_on_tritonserver(default_docs, tmp_path):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    installation = TritonInstallation.bundled()
-    repository = stand_in_repository(tmp_path / "models")
-    container = triton_container(default_docs)
-    env = container_environment(container, default_docs)
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    replaced = {
-        "--model-repository": str(repository),
-        "--http-port": str(ports["http"]),
-        "--grpc-port": str(ports["grpc"]),
-        "--metrics-port": str(ports["metrics"]),
-    }
-    args = []
-    for argument in container["args"]:
-        flag = argument.split("=", 1)[0]
-        args.append(f"{flag}={replaced[flag]}" if flag in replaced else expand(argument, env))
-    assert not [a for a in args if "$(" in a], args
-    command = [
-        str(installation.binary),
-        *args,
-        f"--backend-directory={installation.backends}",
-        f"--cache-directory={installation.caches}",
-        "--http-address=127.0.0.1",
-        "--grpc-address=127.0.0.1",
-        "--metrics-address=127.0.0.1",
-    ]
-    process_env = installation.environment(dict(os.environ, **{k: v for k, v in env.items() if k != "HOME"}))
-    log_path = tmp_path / "tritonserver.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=process_env, start_new_session=True
-        )
+    server = ChartServer(default_docs, stand_in_repository(tmp_path / "models"), "gpu")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if server.poll() is not None:
-                pytest.fail(
-                    f"tritonserver exited ({server.returncode}) with the chart's arguments:\n"
-                    + log_path.read_text()[-3000:]
-                )
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("tritonserver not ready in 90 s:\n" + log_path.read_text()[-3000:])
-            time.sleep(0.5)
+        server.wait_for("ready:")
+        assert server.ready() == (200, "ready\n")
+        ports = server.ports
 
         # The helm test pod's script, with the pod's environment (URL pointed at this server).
         pod = helm_test_pod(default_docs)
@@ -891,10 +833,4 @@ def test_chart_arguments_and_helm_test_script_on_tritonserver(default_docs, tmp_
         assert client.is_model_ready("hqsam")
         client.close()
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        assert server.stop() == 0

@@ -78,16 +78,23 @@ Fixed paths: the repository layout Triton reads and the engine cache the gpu con
 */}}
 {{- define "perceptserve.modelRepositoryPath" -}}/models{{- end }}
 {{- define "perceptserve.engineCachePath" -}}/cache/tensorrt{{- end }}
-{{- define "perceptserve.apiKeyEnv" -}}TRITON_RESTRICTED_API_KEY{{- end }}
 
 {{/*
-Value of --grpc-restricted-protocol / --http-restricted-api: <apis>:<header>=<key>. The key is
-expanded by the kubelet from the container's environment (itself from the Secret), so it never
-appears in the pod spec.
+The restricted APIs, their header and the key (from the Secret, never in the pod spec), as
+perceptserve.settings reads them: `perceptserve serve` passes them to tritonserver, and a client
+(the helm test pod) sends the key. A list of EnvVar objects.
 */}}
-{{- define "perceptserve.restrictedApiArg" -}}
+{{- define "perceptserve.apiKeyEnv" -}}
 {{- $r := .Values.triton.restrictedApi -}}
-{{- printf "%s:%s=$(%s)" (join "," $r.apis) $r.header (include "perceptserve.apiKeyEnv" .) }}
+- name: PERCEPTSERVE_RESTRICTED_APIS
+  value: {{ join "," $r.apis | quote }}
+- name: PERCEPTSERVE_API_KEY_HEADER
+  value: {{ $r.header | quote }}
+- name: PERCEPTSERVE_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "perceptserve.apiKeySecretName" . }}
+      key: {{ $r.secretKey }}
 {{- end }}
 
 {{/* Container security context shared by every container of the chart. */}}
@@ -121,10 +128,11 @@ Deployment so that `helm install`, `helm template` and `helm lint` all stop here
 */}}
 {{- define "perceptserve.validate" -}}
 {{- $exit := int .Values.triton.exitTimeoutSeconds }}
+{{- $drain := int .Values.drainTimeoutSeconds }}
 {{- $sleep := int .Values.preStopSleepSeconds }}
 {{- $grace := int .Values.terminationGracePeriodSeconds }}
-{{- if le $grace (add $exit $sleep) }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than triton.exitTimeoutSeconds (%d) + preStopSleepSeconds (%d): otherwise the kubelet kills Triton before in-flight requests finish" $grace $exit $sleep) }}
+{{- if le $grace (add $sleep $drain $exit) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than preStopSleepSeconds (%d) + drainTimeoutSeconds (%d) + triton.exitTimeoutSeconds (%d): otherwise the kubelet kills the server before in-flight requests finish" $grace $sleep $drain $exit) }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail (printf "autoscaling.maxReplicas (%d) must be >= autoscaling.minReplicas (%d)" (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
