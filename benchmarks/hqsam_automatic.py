@@ -29,6 +29,8 @@ from perceptserve.server import TritonServer, free_port
 from skimage import data as sample_images
 
 from perceptserve.automatic import rle
+from perceptserve.automatic.parameters import GeneratorParameters
+from perceptserve.errors import UserError
 from perceptserve.hqsam.official import SamAutomaticMaskGenerator, SamPredictor
 from perceptserve.imaging import encode_png
 from perceptserve.settings import Settings
@@ -62,10 +64,13 @@ def _warmup_image() -> np.ndarray:
 
 
 def _eager(sam, image: np.ndarray, parameters: dict) -> dict:
-    generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **parameters)
+    chosen = GeneratorParameters(**parameters)
+    if chosen.hq_token_only:
+        raise UserError("the official generator has no hq_token_only: benchmark without --hq-token-only")
+    generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **chosen.official_arguments())
     started = time.perf_counter()
     with torch.no_grad():
-        records = generator.generate(image)
+        records = generator.generate(image, multimask_output=chosen.multimask_output)
     total = time.perf_counter() - started
     predictor = SamPredictor(sam)
     started = time.perf_counter()

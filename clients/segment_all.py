@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from perceptserve.automatic import rle
-from perceptserve.automatic.parameters import NAMES
+from perceptserve.automatic.parameters import FLAGS, NAMES
 
 from .errors import ClientError
 from .hqsam import HQSamClient
@@ -35,7 +35,7 @@ SAVE_EVERY_S = 5.0
 
 def parameters_from_args(args: argparse.Namespace) -> dict:
     """The generator parameters given on the command line (the rest take the server's defaults)."""
-    values = {name: getattr(args, name) for name in NAMES if getattr(args, name, None) is not None}
+    values = {name: getattr(args, name) for name in NAMES if name not in FLAGS and getattr(args, name) is not None}
     if args.no_multimask:
         values["multimask_output"] = False
     if args.hq_token_only:
