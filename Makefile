@@ -8,7 +8,7 @@ MODEL_TYPE ?= vit_tiny
 CHECKPOINT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-datasetdm test clean
+.PHONY: install demo demo-datasetdm lint test clean
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,12 @@ demo: install
 demo-datasetdm: install
 	$(BIN)/perceptserve demo-datasetdm
 
-test: install helm-tools
+# The linter first (config in pyproject.toml): a finding fails the run before pytest starts.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install helm-tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -11,7 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from perceptserve.settings import GpuOnnxRuntime, Settings
 
-from .definitions import ModelDefinition, Runtime, Tensor
+from .definitions import DynamicBatching, ModelDefinition, Runtime, Tensor
 
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
@@ -50,26 +50,19 @@ def _warmup(config: mc.ModelConfig, definition: ModelDefinition) -> None:
         data.zero_data = True
 
 
-def render(definition: ModelDefinition, target: str, settings: Settings, *, has_plan: bool = False) -> mc.ModelConfig:
-    """The config of `definition` on `target` ("cpu" or "gpu")."""
-    config = mc.ModelConfig(name=definition.name, max_batch_size=definition.max_batch_size)
-    for tensor in definition.inputs:
-        _tensor(config.input.add(), tensor)
-    for tensor in definition.outputs:
-        _tensor(config.output.add(), tensor)
-    for key, value in definition.parameters.items():
-        config.parameters[key].string_value = value
+def _set_ensemble(config: mc.ModelConfig, definition: ModelDefinition) -> None:
+    config.platform = "ensemble"
+    for step in definition.steps:
+        message = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
+        message.input_map.update(step.inputs)
+        message.output_map.update(step.outputs)
 
-    if definition.runtime is Runtime.ENSEMBLE:
-        config.platform = "ensemble"
-        for step in definition.steps:
-            message = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
-            message.input_map.update(step.inputs)
-            message.output_map.update(step.outputs)
-        return config
 
-    on_gpu = target == "gpu" and definition.runtime is Runtime.ONNX
-    if definition.runtime is Runtime.PYTHON or not on_gpu:
+def _set_backend(config: mc.ModelConfig, definition: ModelDefinition, on_gpu: bool, settings: Settings, has_plan: bool):
+    """Python models, and ONNX models on the CPU target (run by `onnx_runner.py`), use the python
+    backend; ONNX models on the GPU target a TensorRT plan where one was built, else ONNX Runtime
+    with its TensorRT accelerator."""
+    if not on_gpu:
         config.backend = "python"
     if definition.runtime is Runtime.ONNX and not on_gpu:
         config.parameters["onnx_file"].string_value = ONNX_FILE
@@ -83,15 +76,34 @@ def render(definition: ModelDefinition, target: str, settings: Settings, *, has_
         config.default_model_filename = ONNX_FILE
         _tensorrt_accelerator(config, settings.gpu_onnxruntime, definition.name)
 
+
+def _set_dynamic_batching(config: mc.ModelConfig, batching: DynamicBatching) -> None:
+    config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
+    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    config.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
+
+
+def render(definition: ModelDefinition, target: str, settings: Settings, *, has_plan: bool = False) -> mc.ModelConfig:
+    """The config of `definition` on `target` ("cpu" or "gpu")."""
+    config = mc.ModelConfig(name=definition.name, max_batch_size=definition.max_batch_size)
+    for tensor in definition.inputs:
+        _tensor(config.input.add(), tensor)
+    for tensor in definition.outputs:
+        _tensor(config.output.add(), tensor)
+    for key, value in definition.parameters.items():
+        config.parameters[key].string_value = value
+
+    if definition.runtime is Runtime.ENSEMBLE:
+        _set_ensemble(config, definition)
+        return config
+
+    on_gpu = target == "gpu" and definition.runtime is Runtime.ONNX
+    _set_backend(config, definition, on_gpu, settings, has_plan)
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
     group.count = definition.instances.for_target(target) if definition.instances else 1
-
     if definition.dynamic_batching:
-        batching = definition.dynamic_batching
-        config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
-        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
-        config.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
+        _set_dynamic_batching(config, definition.dynamic_batching)
     if definition.response_cache:
         config.response_cache.enable = True
     if definition.warmup:

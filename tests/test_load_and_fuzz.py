@@ -6,7 +6,6 @@ Run with `-s` to see the figures the README's reliability section quotes.
 from __future__ import annotations
 
 import dataclasses
-import io
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +17,9 @@ import tritonclient.grpc as grpcclient
 from perceptserve.model_repository import hqsam
 from perceptserve.model_repository.writer import write_models
 from perceptserve.server.launcher import TritonServer
-from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from perceptserve.imaging import encode_png
 from perceptserve.settings import EncoderBatching, Settings
 
 from .conftest import server_settings
@@ -43,15 +42,9 @@ def server_rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_mixed_load_serves_every_valid_request_without_memory_growth(server):
     rng = np.random.default_rng(11)
-    images = [png(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)) for _ in range(4)]
+    images = [encode_png(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)) for _ in range(4)]
     bad = list(BAD_REQUESTS.values())
 
     def one(index: int):
@@ -106,7 +99,7 @@ def test_a_full_queue_fails_fast_instead_of_piling_up(small_vit, tmp_path):
     )
     write_models(repository, hqsam.definitions(tight), tight)
     rng = np.random.default_rng(5)
-    images = [png(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)) for _ in range(12)]
+    images = [encode_png(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)) for _ in range(12)]
     with TritonServer(repository, "cpu", server_settings()) as server:
 
         def one(image: bytes):
@@ -143,80 +136,87 @@ DTYPE_NAMES = {
 }
 
 
+def _infer_input(name: str, data: np.ndarray, dtype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(data.shape), dtype)
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def fuzz_values(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    """Random values of `dtype`: plausible, non-finite or huge, small integers, or in-image."""
+    kind = rng.integers(6)
+    size = int(np.prod(shape))
+    if dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(bool)
+    if kind == 0:
+        data = rng.uniform(-10, 2000, size)
+    elif kind == 1:
+        data = rng.choice([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0], size)
+    elif kind == 2:
+        data = rng.integers(-5, 5, size)
+    else:
+        data = rng.uniform(0, 60, size)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (
+            np.nan_to_num(data, nan=0, posinf=2**31 - 1, neginf=-(2**31)).astype(dtype).reshape(shape)
+            if np.issubdtype(dtype, np.integer)
+            else data.astype(dtype).reshape(shape)
+        )
+
+
+def fuzz_image(rng: np.random.Generator, good_image: bytes) -> bytes:
+    """Random bytes, a truncated image, a PNG signature with garbage after it, or the good image."""
+    image_kind = rng.integers(6)
+    if image_kind == 0:
+        return rng.bytes(int(rng.integers(0, 3000)))
+    if image_kind == 1:
+        return good_image[: int(rng.integers(1, len(good_image)))]
+    if image_kind == 2:
+        return b"\x89PNG\r\n\x1a\n" + rng.bytes(int(rng.integers(0, 200)))
+    return good_image
+
+
+FUZZ_SHAPES = {
+    "point_coords": lambda rng, n: [n, int(rng.integers(0, 4)), 2],
+    "point_labels": lambda rng, n: [n, int(rng.integers(0, 4))],
+    "boxes": lambda rng, n: [n, 4],
+    "mask_input": lambda rng, n: [n, 1, 256, 256],
+    "multimask_output": lambda rng, n: [1],
+    "hq_token_only": lambda rng, n: [1],
+}
+NATURAL_DTYPES = {
+    "point_coords": np.float32,
+    "point_labels": np.int32,
+    "boxes": np.float32,
+    "mask_input": np.float32,
+    "multimask_output": np.bool_,
+    "hq_token_only": np.bool_,
+}
+
+
 def fuzz_case(rng: np.random.Generator, good_image: bytes) -> list:
     """One hostile request: random image bytes and random prompt tensors of random shapes,
     types and values (NaN, inf, huge, empty)."""
-
-    def values(shape, dtype):
-        kind = rng.integers(6)
-        size = int(np.prod(shape))
-        if dtype == np.bool_:
-            return rng.integers(0, 2, shape).astype(bool)
-        if kind == 0:
-            data = rng.uniform(-10, 2000, size)
-        elif kind == 1:
-            data = rng.choice([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0], size)
-        elif kind == 2:
-            data = rng.integers(-5, 5, size)
-        else:
-            data = rng.uniform(0, 60, size)
-        with np.errstate(invalid="ignore", over="ignore"):
-            return (
-                np.nan_to_num(data, nan=0, posinf=2**31 - 1, neginf=-(2**31)).astype(dtype).reshape(shape)
-                if np.issubdtype(dtype, np.integer)
-                else data.astype(dtype).reshape(shape)
-            )
-
-    image_kind = rng.integers(6)
-    if image_kind == 0:
-        image = rng.bytes(int(rng.integers(0, 3000)))
-    elif image_kind == 1:
-        image = good_image[: int(rng.integers(1, len(good_image)))]
-    elif image_kind == 2:
-        image = b"\x89PNG\r\n\x1a\n" + rng.bytes(int(rng.integers(0, 200)))
-    else:
-        image = good_image
-    inputs = []
-    image_array = np.array([image] * int(rng.choice([1, 1, 1, 0, 2])), dtype=np.object_)
-    tensor = grpcclient.InferInput("image", list(image_array.shape), "BYTES")
-    tensor.set_data_from_numpy(image_array)
-    inputs.append(tensor)
-    shapes = {
-        "point_coords": lambda n: [n, int(rng.integers(0, 4)), 2],
-        "point_labels": lambda n: [n, int(rng.integers(0, 4))],
-        "boxes": lambda n: [n, 4],
-        "mask_input": lambda n: [n, 1, 256, 256],
-        "multimask_output": lambda n: [1],
-        "hq_token_only": lambda n: [1],
-    }
-    natural = {
-        "point_coords": np.float32,
-        "point_labels": np.int32,
-        "boxes": np.float32,
-        "mask_input": np.float32,
-        "multimask_output": np.bool_,
-        "hq_token_only": np.bool_,
-    }
+    image = fuzz_image(rng, good_image)
+    inputs = [_infer_input("image", np.array([image] * int(rng.choice([1, 1, 1, 0, 2])), dtype=np.object_), "BYTES")]
     n = int(rng.choice([0, 1, 1, 2, 3, 70]))
-    for name, shape_of in shapes.items():
+    for name, shape_of in FUZZ_SHAPES.items():
         if rng.random() < 0.45:
             continue
-        shape = shape_of(n)
+        shape = shape_of(rng, n)
         if rng.random() < 0.15:  # a wrong rank or size
             shape = [int(d) for d in rng.integers(0, 5, int(rng.integers(1, 5)))]
         if name == "mask_input" and rng.random() < 0.7:
             continue  # 256 KiB per mask: keep the run fast
-        dtype = natural[name] if rng.random() < 0.85 else rng.choice(list(DTYPE_NAMES))
-        data = values(shape, dtype)
-        tensor = grpcclient.InferInput(name, list(data.shape), DTYPE_NAMES[np.dtype(dtype).type])
-        tensor.set_data_from_numpy(data)
-        inputs.append(tensor)
+        dtype = NATURAL_DTYPES[name] if rng.random() < 0.85 else rng.choice(list(DTYPE_NAMES))
+        data = fuzz_values(rng, shape, dtype)
+        inputs.append(_infer_input(name, data, DTYPE_NAMES[np.dtype(dtype).type]))
     return inputs
 
 
 def test_fuzzed_requests_get_an_error_or_a_result_never_a_crash(server):
     rng = np.random.default_rng(2024)
-    good_image = png(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    good_image = encode_png(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8))
     counts: dict[str, int] = {}
     before = server_rss_mib(server.process.pid)
     with grpcclient.InferenceServerClient(server.grpc_url) as client:

@@ -59,6 +59,22 @@ class AttentionLayer:
     heads: int
 
 
+def _block_parts(prefix: str, cross: bool, level: int, width: int, count: int) -> list[Part]:
+    """A down or up block's captured outputs: its attentions where it has cross-attention, else its resnets."""
+    return [Part(f"{prefix}.{'attentions' if cross else 'resnets'}.{layer}", level, width) for layer in range(count)]
+
+
+def _cross_attention(
+    prefix: str, place: str, level: int, count: int, heads: int, transformers: int
+) -> list[AttentionLayer]:
+    """The cross-attention layers of a block's first `count` attentions, each with `transformers` blocks."""
+    return [
+        AttentionLayer(f"{prefix}.attentions.{layer}.transformer_blocks.{block}.attn2", place, level, heads)
+        for layer in range(count)
+        for block in range(transformers)
+    ]
+
+
 @dataclass(frozen=True)
 class FeatureLayout:
     """Which tensors a UNet config yields and how DatasetDM groups them; computed from the
@@ -81,35 +97,21 @@ class FeatureLayout:
         heads = [heads] * levels if isinstance(heads, int) else list(heads)
         parts = [Part("conv_in", 0, widths[0])]
         attention: list[AttentionLayer] = []
-
-        def attentions(prefix: str, place: str, level: int, count: int, head_count: int) -> None:
-            for layer in range(count):
-                for block in range(transformers):
-                    name = f"{prefix}.attentions.{layer}.transformer_blocks.{block}.attn2"
-                    attention.append(AttentionLayer(name, place, level, head_count))
-
         for index, kind in enumerate(config["down_block_types"]):
-            cross = kind.startswith("CrossAttn")
-            prefix = f"down_blocks.{index}"
-            for layer in range(layers):
-                parts.append(Part(f"{prefix}.{'attentions' if cross else 'resnets'}.{layer}", index, widths[index]))
-            if cross:
-                attentions(prefix, "down", index, layers, heads[index])
+            prefix, cross = f"down_blocks.{index}", kind.startswith("CrossAttn")
+            parts += _block_parts(prefix, cross, index, widths[index], layers)
+            attention += _cross_attention(prefix, "down", index, layers if cross else 0, heads[index], transformers)
             if index < levels - 1:
                 parts.append(Part(f"{prefix}.downsamplers.0", index + 1, widths[index]))
         parts.append(Part("mid_block", levels - 1, widths[-1]))
         if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn":
-            attentions("mid_block", "mid", levels - 1, 1, heads[-1])
+            attention += _cross_attention("mid_block", "mid", levels - 1, 1, heads[-1], transformers)
         for index, kind in enumerate(config["up_block_types"]):
-            cross = kind.startswith("CrossAttn")
-            prefix, level = f"up_blocks.{index}", levels - 1 - index
-            width = widths[level]
-            for layer in range(layers + 1):
-                parts.append(Part(f"{prefix}.{'attentions' if cross else 'resnets'}.{layer}", level, width))
-            if cross:
-                attentions(prefix, "up", level, layers + 1, heads[level])
+            prefix, cross, level = f"up_blocks.{index}", kind.startswith("CrossAttn"), levels - 1 - index
+            parts += _block_parts(prefix, cross, level, widths[level], layers + 1)
+            attention += _cross_attention(prefix, "up", level, layers + 1 if cross else 0, heads[level], transformers)
             if index < levels - 1:
-                parts.append(Part(f"{prefix}.upsamplers.0", level - 1, width))
+                parts.append(Part(f"{prefix}.upsamplers.0", level - 1, widths[level]))
         return cls(tuple(parts), tuple(attention), levels, tokens)
 
     def level(self, group: str) -> int:

@@ -62,46 +62,57 @@ def _check_inside(name: str, xy: np.ndarray, original_size: tuple[int, int]) -> 
         raise PromptError(f"{name}{list(index)} = ({x:g}, {y:g}) is outside the {width}x{height} image")
 
 
-def build_decoder_prompts(
-    original_size: tuple[int, int],
-    limits: PromptLimits,
-    point_coords: np.ndarray | None = None,
-    point_labels: np.ndarray | None = None,
-    boxes: np.ndarray | None = None,
-    mask_input: np.ndarray | None = None,
-) -> DecoderPrompts:
-    """Check the caller's prompts against the image and build the decoder's inputs."""
+def _check_points(point_coords: np.ndarray, point_labels: np.ndarray, original_size, limits: PromptLimits) -> dict:
+    """The prompt-set counts of the points and their labels, after checking them."""
+    if point_coords.ndim != 3 or point_coords.shape[2] != 2:
+        raise PromptError(f"point_coords has shape {list(point_coords.shape)}; expected [N, P, 2]")
+    counts = {
+        "point_coords": point_coords.shape[0],
+        "point_labels": _check_shape(
+            "point_labels", point_labels, (point_coords.shape[1],), "[N, P] matching point_coords [N, P, 2]"
+        ),
+    }
+    _finite("point_coords", point_coords)
+    if point_coords.shape[1] > limits.max_points:
+        raise PromptError(f"{point_coords.shape[1]} points per prompt set; the limit is {limits.max_points}")
+    bad = ~np.isin(point_labels, VALID_LABELS)
+    if np.any(bad):
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise PromptError(f"point_labels{list(index)} = {point_labels[index]}; labels must be in -1..3")
+    _check_inside("point_coords", point_coords, original_size)
+    return counts
+
+
+def _check_boxes(boxes: np.ndarray, original_size) -> int:
+    count = _check_shape("boxes", boxes, (4,), "[N, 4] as x0, y0, x1, y1")
+    _finite("boxes", boxes)
+    empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if np.any(empty):
+        i = int(np.argmax(empty))
+        raise PromptError(f"boxes[{i}] = {boxes[i].tolist()} is inverted or empty (need x0 < x1 and y0 < y1)")
+    _check_inside("boxes", boxes.reshape(-1, 2, 2), original_size)
+    return count
+
+
+def _check_mask(mask_input: np.ndarray) -> int:
+    side = LOW_RES_MASK_SIZE
+    count = _check_shape("mask_input", mask_input, (1, side, side), f"[N, 1, {side}, {side}]")
+    _finite("mask_input", mask_input)
+    return count
+
+
+def _check_prompts(original_size, limits: PromptLimits, point_coords, point_labels, boxes, mask_input) -> int:
+    """Check the caller's prompts against the image and the limits; the number of prompt sets N."""
     if (point_coords is None) != (point_labels is None):
         given, missing = ("point_coords", "point_labels") if point_labels is None else ("point_labels", "point_coords")
         raise PromptError(f"{given} was given without {missing}")
     counts: dict[str, int] = {}
     if point_coords is not None:
-        if point_coords.ndim != 3 or point_coords.shape[2] != 2:
-            raise PromptError(f"point_coords has shape {list(point_coords.shape)}; expected [N, P, 2]")
-        counts["point_coords"] = point_coords.shape[0]
-        counts["point_labels"] = _check_shape(
-            "point_labels", point_labels, (point_coords.shape[1],), "[N, P] matching point_coords [N, P, 2]"
-        )
-        _finite("point_coords", point_coords)
-        if point_coords.shape[1] > limits.max_points:
-            raise PromptError(f"{point_coords.shape[1]} points per prompt set; the limit is {limits.max_points}")
-        bad = ~np.isin(point_labels, VALID_LABELS)
-        if np.any(bad):
-            index = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise PromptError(f"point_labels{list(index)} = {point_labels[index]}; labels must be in -1..3")
-        _check_inside("point_coords", point_coords, original_size)
+        counts.update(_check_points(point_coords, point_labels, original_size, limits))
     if boxes is not None:
-        counts["boxes"] = _check_shape("boxes", boxes, (4,), "[N, 4] as x0, y0, x1, y1")
-        _finite("boxes", boxes)
-        empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-        if np.any(empty):
-            i = int(np.argmax(empty))
-            raise PromptError(f"boxes[{i}] = {boxes[i].tolist()} is inverted or empty (need x0 < x1 and y0 < y1)")
-        _check_inside("boxes", boxes.reshape(-1, 2, 2), original_size)
+        counts["boxes"] = _check_boxes(boxes, original_size)
     if mask_input is not None:
-        side = LOW_RES_MASK_SIZE
-        counts["mask_input"] = _check_shape("mask_input", mask_input, (1, side, side), f"[N, 1, {side}, {side}]")
-        _finite("mask_input", mask_input)
+        counts["mask_input"] = _check_mask(mask_input)
     if not counts or (set(counts) <= {"point_coords", "point_labels"} and point_coords.shape[1] == 0):
         raise PromptError("no prompt: give point_coords with point_labels, boxes, or mask_input")
     if len(set(counts.values())) != 1:
@@ -112,7 +123,19 @@ def build_decoder_prompts(
         raise PromptError("no prompt sets (N = 0)")
     if n > limits.max_prompt_sets:
         raise PromptError(f"{n} prompt sets in one request; the limit is {limits.max_prompt_sets}")
+    return n
 
+
+def build_decoder_prompts(
+    original_size: tuple[int, int],
+    limits: PromptLimits,
+    point_coords: np.ndarray | None = None,
+    point_labels: np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
+    mask_input: np.ndarray | None = None,
+) -> DecoderPrompts:
+    """Check the caller's prompts (`_check_prompts`), then build the decoder's inputs from them."""
+    n = _check_prompts(original_size, limits, point_coords, point_labels, boxes, mask_input)
     coords = [] if point_coords is None else [scale_coords(point_coords, original_size)]
     labels = [] if point_labels is None else [point_labels.astype(np.float32)]
     if boxes is not None:
