@@ -9,7 +9,8 @@
       -> datasetdm_annotate_noise       `latent_dist.sample()` + noise at the annotation timestep
       -> datasetdm_features             the projected feature groups
       -> datasetdm_{semantic,depth}_decoder
-      -> datasetdm_annotate_postprocess class map (and depth) back at the image's own size
+      -> datasetdm_annotate_postprocess class map (and depth) back at the image's own size; the
+                                        scores handed on (every output from the last step)
 
     datasetdm_generate (python, BLS): prompt, negative prompt, seeds, steps, guidance, class
       names -> text encoder -> PNDM loop (UNet through Triton, the last step through the feature
@@ -154,11 +155,16 @@ def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]
             groups,
         ),
     ]
-    post_inputs = {"class_map_raw": "class_map_raw", "original_size": "original_size"}
-    post_outputs = {"class_map": "class_map"}
+    # Every output from the last step (`definitions.check_outputs_come_from_the_last_step`).
+    post_inputs = {
+        "class_map_raw": "class_map_raw",
+        "class_scores": "class_scores_raw",
+        "original_size": "original_size",
+    }
+    post_outputs = {"class_map": "class_map", "class_scores": "class_scores"}
     if "semantic" in tasks:
         inputs = {group: f"semantic_{group}" for group in exported.GROUPS} | {"class_embeddings": "class_embeddings"}
-        outputs = {"class_map": "class_map_raw", "class_scores": "class_scores"}
+        outputs = {"class_map": "class_map_raw", "class_scores": "class_scores_raw"}
         steps.append(EnsembleStep(exported.DECODERS["semantic"], inputs, outputs))
     if "depth" in tasks:
         inputs = {group: f"depth_{group}" for group in exported.GROUPS}
@@ -197,8 +203,9 @@ def definitions(
     tokens, width = shapes.tokens, shapes.text_width
     latents = (-1, shapes.latent_channels, -1, -1)
     tasks = shapes.widths
-    post_inputs = (Tensor("class_map_raw", "INT32", (-1, -1, -1)), Tensor("original_size", "INT64", (2,)))
-    post_outputs = (Tensor("class_map", "INT32", (-1, -1, -1)),)
+    scores = Tensor("class_scores", "FP32", (-1, -1))
+    post_inputs = (Tensor("class_map_raw", "INT32", (-1, -1, -1)), scores, Tensor("original_size", "INT64", (2,)))
+    post_outputs = (Tensor("class_map", "INT32", (-1, -1, -1)), scores)  # the scores passed through
     if "depth" in tasks:
         post_inputs += (Tensor("depth_raw", "FP32", (-1, 1, -1, -1)),)
         post_outputs += TASK_OUTPUTS["depth"]

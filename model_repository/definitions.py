@@ -45,6 +45,10 @@ class EnsembleStep:
 
 @dataclass(frozen=True)
 class ModelDefinition:
+    """One model of the repository. An ensemble's definition must follow the rule that makes any
+    subset of its outputs work (`check_outputs_come_from_the_last_step`); it is checked here, so a
+    definition that breaks it cannot be written."""
+
     name: str
     runtime: Runtime
     inputs: tuple[Tensor, ...]
@@ -57,3 +61,33 @@ class ModelDefinition:
     warmup: bool = False
     parameters: dict[str, str] = field(default_factory=dict)
     steps: tuple[EnsembleStep, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.runtime is Runtime.ENSEMBLE:
+            check_outputs_come_from_the_last_step(self)
+
+
+def check_outputs_come_from_the_last_step(ensemble: ModelDefinition) -> None:
+    """Every output of an ensemble comes from its last step, and no step reads one.
+
+    Why: when a client asks for some of an ensemble's outputs, Triton (2.51, and its core to
+    this day) prunes the steps that only produce unrequested ones, walking back from them
+    (`EnsembleContext`'s "Backward traversal"): each unrequested output decrements its
+    producing step's count of wanted outputs, and a step at zero is dropped along with its
+    inputs. An output that a later step also reads (HQ-SAM's `low_res_logits`, read by the
+    postprocess step) is then counted twice, or dropped while requested, and the step that
+    makes it is pruned: "unexpected deadlock, at least one output is not set". With every
+    output from one last step, that step always keeps a requested output and nothing is
+    pruned, whatever subset is asked for. A last step that is a python model hands on the
+    tensors it only passes through (`responses.passed_through`).
+    """
+    outputs = {tensor.name for tensor in ensemble.outputs}
+    last = ensemble.steps[-1]
+    elsewhere = sorted(outputs - set(last.outputs.values()))
+    read = sorted(outputs & {tensor for step in ensemble.steps for tensor in step.inputs.values()})
+    if elsewhere or read:
+        raise ValueError(
+            f"ensemble {ensemble.name}: every output must come from its last step ({last.model}) and feed no "
+            f"other step, or a request for a subset of them deadlocks in Triton; not from the last step: "
+            f"{elsewhere or 'none'}, read by a step: {read or 'none'}"
+        )

@@ -6,7 +6,9 @@
       -> hqsam_encoder     ViT + HQ fusion convs; dynamic batching; response cache keyed by
                            the preprocessed image, so a second prompt skips it
       -> hqsam_decoder     prompt encoding + HQ mask decoder, N prompt sets at once
-      -> hqsam_postprocess logits -> masks at the original size, thresholded
+      -> hqsam_postprocess logits -> masks at the original size, thresholded; hands on the
+                           decoder's outputs, so every output comes from the last step
+                           (`definitions.check_outputs_come_from_the_last_step`)
 and `hqsam_automatic` (model_repository/automatic.py), which segments everything over the
 same encoder and decoder.
 The ensemble's tensors below are the public API (README, "The `hqsam` API").
@@ -116,12 +118,8 @@ def definitions(settings: Settings) -> list[ModelDefinition]:
             name=POSTPROCESS,
             runtime=Runtime.PYTHON,
             python_source="hqsam_postprocess.py",
-            inputs=(
-                Tensor("low_res_logits", "FP32", (-1, 1, 256, 256)),
-                Tensor("input_size", "INT64", (1, 2)),
-                Tensor("original_size", "INT64", (2,)),
-            ),
-            outputs=(Tensor("masks", "BOOL", (-1, 1, -1, -1)),),
+            inputs=DECODER_OUTPUTS + (Tensor("input_size", "INT64", (1, 2)), Tensor("original_size", "INT64", (2,))),
+            outputs=ENSEMBLE_OUTPUTS,  # iou_predictions and low_res_logits passed through
             instances=serving.python_instances,
             parameters={"mask_threshold": str(serving.mask_threshold)},
         ),
@@ -153,12 +151,13 @@ def definitions(settings: Settings) -> list[ModelDefinition]:
                         "multimask_output": "multimask_flag",
                         "hq_token_only": "hq_token_only_flag",
                     },
-                    outputs=_same_names(t.name for t in DECODER_OUTPUTS),
+                    outputs={t.name: f"decoder_{t.name}" for t in DECODER_OUTPUTS},
                 ),
                 EnsembleStep(
                     POSTPROCESS,
-                    inputs=_same_names(("low_res_logits", "input_size", "original_size")),
-                    outputs={"masks": "masks"},
+                    inputs={t.name: f"decoder_{t.name}" for t in DECODER_OUTPUTS}
+                    | _same_names(("input_size", "original_size")),
+                    outputs=_same_names(t.name for t in ENSEMBLE_OUTPUTS),
                 ),
             ),
         ),

@@ -55,6 +55,13 @@ def server(small_vit):
 
 
 @pytest.fixture(scope="session")
+def datasetdm_server(tiny_export):  # noqa: F811  (the session export imported above)
+    """One server for every DatasetDM test that calls the served models."""
+    with TritonServer(tiny_export.repository, "cpu", server_settings()) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """Real photographs of different shapes (square, landscape, portrait crop)."""
     return {

@@ -15,7 +15,6 @@ from perceptserve.clients.dataset import MANIFEST, Dataset, RunSpec, mask_of
 from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.generate import generate_dataset
-from perceptserve.server.launcher import TritonServer
 from PIL import Image
 from skimage import data as sample_images
 
@@ -26,8 +25,6 @@ from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES
 from perceptserve.datasetdm.pose_decoder import read_keypoints
 from perceptserve.imaging import encode_png
 
-from .conftest import server_settings
-
 pytestmark = pytest.mark.server
 
 PROMPT, CLASSES = "a photo of a cat on a sofa", ["cat", "sofa"]
@@ -35,9 +32,8 @@ SMALL = dict(steps=4, height=64, width=64)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_export):
-    with TritonServer(tiny_export.repository, "cpu", server_settings()) as running:
-        yield running
+def server(datasetdm_server):
+    return datasetdm_server
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ on each target."""
 import shutil
 
 import pytest
-from perceptserve.model_repository import configs, hqsam
+from perceptserve.model_repository import configs, definitions, hqsam
 from perceptserve.model_repository.writer import write_models
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -82,3 +82,21 @@ def test_a_built_engine_switches_the_gpu_config_to_tensorrt_plan(small_vit, tmp_
     assert encoder.platform == "tensorrt_plan" and encoder.default_model_filename == "model.plan"
     assert load(repository, hqsam.DECODER, "gpu").platform == "onnxruntime_onnx"
     assert load(repository, hqsam.ENCODER, "cpu").backend == "python"
+
+
+def test_an_ensemble_output_from_an_inner_step_is_refused():
+    """The wiring that deadlocked a request for `masks` alone: `low_res_logits` both a public
+    output and the postprocess step's input (`check_outputs_come_from_the_last_step`)."""
+    step = definitions.EnsembleStep
+    expected = r"from the last step: \['iou_predictions', 'low_res_logits'\], read by a step: \['low_res_logits'\]"
+    with pytest.raises(ValueError, match=expected):
+        definitions.ModelDefinition(
+            name="broken",
+            runtime=definitions.Runtime.ENSEMBLE,
+            inputs=hqsam.ENSEMBLE_INPUTS,
+            outputs=hqsam.ENSEMBLE_OUTPUTS,
+            steps=(
+                step(hqsam.DECODER, {}, {"low_res_logits": "low_res_logits", "iou_predictions": "iou_predictions"}),
+                step(hqsam.POSTPROCESS, {"low_res_logits": "low_res_logits"}, {"masks": "masks"}),
+            ),
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import struct
 import threading
@@ -182,6 +183,14 @@ BAD_REQUESTS = {
     ),
     "decompression bomb": ({"image": _png_header_only(60000, 60000)}, "refused as a decompression bomb"),
     "over the pixel limit": ({"image": _png_header_only(8000, 6000)}, "48000000 pixels, over the server's limit"),
+    "base64 over the pixel limit": (
+        {"image": base64.b64encode(_png_header_only(8000, 6000))},
+        "48000000 pixels, over the server's limit",
+    ),
+    "base64 bomb": ({"image": base64.b64encode(_png_header_only(60000, 60000))}, "refused as a decompression bomb"),
+    "bad base64": ({"image": base64.b64encode(GOOD_IMAGE)[:-3]}, "base64 text that does not decode"),
+    "data URI that is not an image": ({"image": b"data:text/plain;base64,aGVsbG8="}, "must start data:image/"),
+    "base64 of text": ({"image": base64.b64encode(b"hello, this is text")}, "not a PNG, JPEG or WebP"),
     "point outside the image": ({"point_coords": np.array([[[200.0, 10.0]]], np.float32)}, "outside the 96x64 image"),
     "NaN coordinate": ({"point_coords": np.array([[[np.nan, 10.0]]], np.float32)}, "NaN or infinite"),
     "infinite coordinate": ({"point_coords": np.array([[[10.0, np.inf]]], np.float32)}, "NaN or infinite"),

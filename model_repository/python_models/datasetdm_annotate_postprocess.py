@@ -2,7 +2,7 @@
 64) -> at the image's own size: the class map by nearest neighbour (indices must not blend),
 depth bilinearly, the instance inference (`perceptserve.datasetdm.instances`) with the mask logits
 resized straight to the image size, keypoints scaled. Each output is there when its decoder was
-exported."""
+exported. The class scores are handed on as they are (the ensemble's last step)."""
 
 import json
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
+from perceptserve.model_repository.python_models.responses import pass_through_names, passed_through
 
 from perceptserve.datasetdm import instances
 
@@ -21,8 +22,9 @@ def _input(request, name):
 
 class TritonPythonModel:
     def initialize(self, args):
-        parameters = json.loads(args["model_config"])["parameters"]
-        self.candidates = int(parameters["instance_candidates"]["string_value"])
+        config = json.loads(args["model_config"])
+        self.candidates = int(config["parameters"]["instance_candidates"]["string_value"])
+        self.passed = pass_through_names(config)
 
     def _process(self, request):
         size = tuple(int(side) for side in _input(request, "original_size"))
@@ -49,6 +51,7 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()]
         )
+        self.passed = pass_through_names(json.loads(args["model_config"]))
 
     def execute(self, requests):
         return [self._process(request) for request in requests]

@@ -1,17 +1,20 @@
 """HQ-SAM postprocessing: low-resolution logits -> masks at the original image size, as
-`SamPredictor.predict` computes them (upscale, crop the padding, resize, threshold)."""
+`SamPredictor.predict` computes them (upscale, crop the padding, resize, threshold); the
+decoder's logits and IoU predictions are handed on as they are (the ensemble's last step)."""
 
 import json
 
 import triton_python_backend_utils as pb_utils
+from perceptserve.model_repository.python_models.responses import pass_through_names, passed_through
 
 from perceptserve.hqsam.geometry import upscale_logits
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        parameters = json.loads(args["model_config"])["parameters"]
-        self.threshold = float(parameters["mask_threshold"]["string_value"])
+        config = json.loads(args["model_config"])
+        self.threshold = float(config["parameters"]["mask_threshold"]["string_value"])
+        self.passed = pass_through_names(config)
 
     def execute(self, requests):
         responses = []
@@ -20,5 +23,6 @@ class TritonPythonModel:
             input_size = pb_utils.get_input_tensor_by_name(request, "input_size").as_numpy().reshape(2)
             original_size = pb_utils.get_input_tensor_by_name(request, "original_size").as_numpy().reshape(2)
             masks = upscale_logits(logits, tuple(input_size), tuple(original_size)) > self.threshold
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("masks", masks)]))
+            tensors = [pb_utils.Tensor("masks", masks)] + passed_through(request, self.passed)
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
