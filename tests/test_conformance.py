@@ -55,6 +55,15 @@ REQUESTS = {
             "point_labels": np.array([[1], [1]], np.int32),
         },
     ),
+    "hqsam_automatic": (
+        "server",
+        {
+            "image": strings(PHOTO_PNG),
+            "points_per_side": np.array([2], np.int32),
+            "pred_iou_thresh": np.array([0.0], np.float32),  # random weights: keep every mask
+            "stability_score_thresh": np.array([0.0], np.float32),
+        },
+    ),
     "datasetdm_annotate": (
         "datasetdm_server",
         {"image": strings(PHOTO_PNG), "prompt": strings(b"a cat on a sofa"), "class_names": strings(b"cat", b"sofa")},
@@ -94,8 +103,13 @@ def http_address(server) -> str:
     return server.http_url.removeprefix("http://")
 
 
+TIMINGS = ("stage_seconds",)  # hqsam_automatic's own timing of the request: never equal twice
+
+
 def assert_same(got: np.ndarray, expected: np.ndarray, name: str) -> None:
     assert got.shape == expected.shape and got.dtype == expected.dtype, name
+    if name.endswith(TIMINGS):
+        return
     if np.issubdtype(expected.dtype, np.floating):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max(), err_msg=name)
     else:
@@ -268,7 +282,7 @@ def _agrees(documented: list, served: list[int]) -> bool:
     )
 
 
-@pytest.mark.parametrize("model", list(REQUESTS))
+@pytest.mark.parametrize("model", list(API_TABLES))
 def test_metadata_and_config_agree_with_the_documented_api(request, model):
     server, _ = served(request, model)
     document, heading = API_TABLES[model]
