@@ -50,8 +50,8 @@ class TritonPythonModel:
             outputs["keypoints"] = instances.scale_keypoints(keypoints.numpy(), processing_size, size)
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()]
+            + passed_through(request, self.passed)
         )
-        self.passed = pass_through_names(json.loads(args["model_config"]))
 
     def execute(self, requests):
         return [self._process(request) for request in requests]
