@@ -39,11 +39,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 # onnxruntime-gpu 1.19-1.22 is built for CUDA 12 and cuDNN 9, as shipped in the 24.10 image.
 # tritonclient: `perceptserve serve` reads the repository's ensemble configs with its protobuf
 # definitions (tritonclient.grpc), and the chart's `helm test` pod uses its HTTP client.
+# With tqdm it also runs the chart's dataset generation Job (`perceptserve generate` over gRPC).
 RUN python3 -m pip install \
         "numpy<2" \
         "pillow>=10" \
         "onnxruntime-gpu>=1.19,<1.23" \
-        "tritonclient[grpc,http]==2.51.0"
+        "tritonclient[grpc,http]==2.51.0" \
+        "tqdm>=4.60"
 
 # perceptserve itself (its python models import perceptserve.*). --no-deps: torch and the export
 # toolchain are not needed to serve.

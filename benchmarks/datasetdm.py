@@ -34,8 +34,8 @@ from skimage import data as sample_images
 from skimage.transform import resize
 
 from perceptserve.datasetdm import instances
+from perceptserve.datasetdm.coco_names import COCO_CATEGORIES
 from perceptserve.datasetdm.features import GROUPS, TASKS
-from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES
 from perceptserve.datasetdm.layers import scaled_size
 from perceptserve.datasetdm.pose_decoder import read_keypoints
 from perceptserve.datasetdm.sampling import annotation_latents, denoise, initial_latents

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from perceptserve.datasetdm.pose_decoder import KEYPOINTS, SKELETON
+from perceptserve.datasetdm.coco_names import KEYPOINTS, SKELETON
 
 from .datasetdm import Annotation
 

@@ -8,11 +8,14 @@ interrupted and resumed without redoing or losing finished items.
     OUT/Preview/{class}_{seed}_instances.jpg, _pose.jpg   where those tasks are served
     OUT/annotations/instances.json, person_keypoints.json   COCO files (`coco.py`), rebuilt
                                      from the items in the manifest
-    OUT/manifest.jsonl               one JSON line per finished item
+    OUT/manifest.jsonl               one JSON line per finished item (its seed, prompt, class,
+                                     files and the run's settings); manifest-I-of-N.jsonl for
+                                     shard I of N, so that shards can share a folder
 
-An item's files are written first and its manifest line last (flushed and synced), so the
-manifest lists only complete items; a torn last line from a killed run is ignored. `{class}` is
-the first class name (DatasetDM names files by the class its prompt is about).
+An item's files are written under temporary names, synced and renamed, and its manifest line is
+appended last (flushed and synced), so the manifest lists only complete items whatever order
+items finish in; a torn last line from a killed run is ignored. `{class}` is the class the
+item's prompt is about (DatasetDM names files so), `--classes`' first for a plain prompt list.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +33,13 @@ from . import coco
 from .datasetdm import Annotation
 from .errors import ClientError
 from .overlay import draw_instances, draw_pose
+from .prompt_lists import PromptList
+from .shards import MANIFEST as MANIFEST  # where callers have always found it
+from .shards import Shard
 
-MANIFEST = "manifest.jsonl"
 # What must match for a resumed run to continue a dataset rather than mix two.
 RUN_KEYS = (
-    "prompt",
+    "prompts",
     "negative_prompt",
     "classes",
     "steps",
@@ -44,6 +49,7 @@ RUN_KEYS = (
     "max_instances",
     "score_threshold",
     "keypoint_threshold",
+    "models",
 )
 
 
@@ -82,7 +88,11 @@ def file_stem(class_name: str, seed: int) -> str:
 
 @dataclass
 class RunSpec:
-    prompt: str
+    """What makes a dataset one run. `RUN_KEYS` must match for a resumed run to continue it, and
+    for shards to be merged; `seeds` and `shard` place this worker's items in the whole run
+    (merge checks that the shards cover it)."""
+
+    prompts: PromptList
     classes: list[str]
     steps: int
     guidance: float
@@ -93,34 +103,84 @@ class RunSpec:
     score_threshold: float | None = None  # None: the server's default (0.4)
     keypoint_threshold: float = coco.KEYPOINT_THRESHOLD
     models: dict[str, list[str]] = field(default_factory=dict)  # served model -> versions
+    seeds: tuple[int, int] | None = None  # the whole run's seeds, first and past-the-last
+    shard: Shard = field(default_factory=Shard)
+
+    def record(self) -> dict:
+        """The run's part of every manifest line."""
+        return {
+            "prompts": self.prompts.digest,
+            "negative_prompt": self.negative_prompt,
+            "classes": self.classes,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "height": self.height,
+            "width": self.width,
+            "max_instances": self.max_instances,
+            "score_threshold": self.score_threshold,
+            "keypoint_threshold": self.keypoint_threshold,
+            "models": self.models,
+            "seeds": list(self.seeds) if self.seeds else None,
+            "shard": [self.shard.index, self.shard.count],
+        }
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """The complete lines of a manifest; a line torn by an interrupted run is skipped (redone)."""
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def different_run_keys(entry: dict, reference: dict) -> list[str]:
+    return [key for key in RUN_KEYS if entry.get(key) != reference.get(key)]
+
+
+def save_durably(image: Image.Image, path: Path, **options) -> None:
+    """Write to a temporary name, sync, rename: after a crash the file is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as file:
+        image.save(file, format=Image.registered_extensions()[path.suffix.lower()], **options)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
+def append_line(path: Path, entry: dict) -> None:
+    """One JSON line appended, flushed and synced (the manifest lists only complete items)."""
+    with open(path, "a") as manifest:
+        manifest.write(json.dumps(entry) + "\n")
+        manifest.flush()
+        os.fsync(manifest.fileno())
 
 
 class Dataset:
+    """One worker's view of a dataset folder: it reads and appends to its own manifest (shards
+    sharing a folder each have one), in whatever order items finish."""
+
     def __init__(self, root: Path, spec: RunSpec) -> None:
         self.root = Path(root)
         self.spec = spec
+        self.manifest = self.root / spec.shard.manifest_name
         self.done: dict[int, dict] = {}
         self._records: dict[int, dict] = {}  # seed -> COCO record, read from disk once
-        manifest = self.root / MANIFEST
-        if manifest.exists():
-            for line in manifest.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by an interrupted run: that item is redone
-                self._check_same_run(entry)
+        if self.manifest.exists():
+            ours = spec.record()
+            for entry in read_manifest(self.manifest):
+                different = different_run_keys(entry, ours)
+                if different:
+                    raise ClientError(
+                        f"{self.root} holds a dataset made with other settings ({', '.join(different)} differ): "
+                        "give another --out, or the same settings to resume it"
+                    )
                 if all((self.root / path).exists() for path in entry["files"].values()):
                     self.done[entry["seed"]] = entry
         self.write_coco()  # a run killed between an item's manifest line and the rebuild
-
-    def _check_same_run(self, entry: dict) -> None:
-        ours = asdict(self.spec)
-        different = [key for key in RUN_KEYS if entry.get(key) != ours[key]]
-        if different:
-            raise ClientError(
-                f"{self.root} holds a dataset made with other settings ({', '.join(different)} differ): "
-                "give another --out, or the same settings to resume it"
-            )
 
     def pending(self, seeds: list[int]) -> list[int]:
         return [seed for seed in seeds if seed not in self.done]
@@ -128,7 +188,8 @@ class Dataset:
     def add(self, seed: int, image: np.ndarray, annotation: Annotation) -> dict:
         """Write one item's files (its COCO record among them), then its manifest line; return
         the entry. `write_coco` brings the COCO files up to date."""
-        stem = file_stem(self.spec.classes[0], seed)
+        prompt = self.spec.prompts.for_seed(seed)
+        stem = file_stem(prompt.class_name, seed)
         files = {"image": f"Image/{stem}.jpg", "mask": f"Mask/{stem}.png", "preview": f"Preview/{stem}.jpg"}
         pictures = {"mask": Image.fromarray(annotation.class_map.astype(np.uint8))}
         pictures["preview"] = preview(image, annotation.class_map)
@@ -146,20 +207,16 @@ class Dataset:
             )
         if annotation.instances is not None or annotation.keypoints is not None:
             files["coco"] = coco.record_path(stem)
-        for path in files.values():
-            (self.root / path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(self.root / files["image"], quality=95)
+        save_durably(Image.fromarray(image), self.root / files["image"], quality=95)
         for name, picture in pictures.items():
-            picture.save(self.root / files[name], quality=90)
+            save_durably(picture, self.root / files[name], quality=90)
         if "coco" in files:
             record = coco.item_record(files["image"], annotation, image.shape[:2], self.spec.keypoint_threshold)
+            (self.root / files["coco"]).parent.mkdir(parents=True, exist_ok=True)
             coco.write_record(self.root / files["coco"], record)
             self._records[seed] = record
-        entry = {"seed": seed, **asdict(self.spec), "files": files}
-        with open(self.root / MANIFEST, "a") as manifest:
-            manifest.write(json.dumps(entry) + "\n")
-            manifest.flush()
-            os.fsync(manifest.fileno())
+        entry = {"seed": seed, "prompt": prompt.text, "class": prompt.class_name, **self.spec.record(), "files": files}
+        append_line(self.manifest, entry)
         self.done[seed] = entry
         return entry
 

@@ -15,6 +15,7 @@ status (INVALID_ARGUMENT for bad input) and message.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,6 +143,19 @@ class _Client:
             return {self.model_name: list(self._client.get_model_metadata(self.model_name).versions)}
         except InferenceServerException as exc:
             raise _to_client_error(exc) from None
+
+    def wait_until_ready(self, timeout_s: float, poll_s: float = 2.0) -> None:
+        """Return once the model is ready; a worker may start before the server it calls."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self._client.is_model_ready(self.model_name):
+                    return
+            except InferenceServerException:
+                pass  # not listening yet
+            if time.monotonic() >= deadline:
+                raise ClientError(f"{self.model_name} at {self.url} not ready after {timeout_s:g} s", "UNAVAILABLE")
+            time.sleep(poll_s)
 
     def close(self) -> None:
         self._client.close()

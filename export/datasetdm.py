@@ -27,9 +27,10 @@ from skimage import data as sample_images
 from skimage.transform import resize as resize_image
 
 from perceptserve.datasetdm import checkpoint, export_modules, layers, tiny
+from perceptserve.datasetdm.coco_names import COCO_CATEGORIES
 from perceptserve.datasetdm.depth_decoder import DepthConfig, DepthDecoder
 from perceptserve.datasetdm.features import GROUPS, TASKS, FeatureExtractor
-from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES, InstanceConfig, InstanceDecoder
+from perceptserve.datasetdm.instance_decoder import InstanceConfig, InstanceDecoder
 from perceptserve.datasetdm.pose_decoder import PoseConfig, PoseDecoder
 from perceptserve.datasetdm.semantic_decoder import SemanticConfig, SemanticDecoder
 from perceptserve.datasetdm.source import Diffusion, load

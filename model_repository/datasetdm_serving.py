@@ -22,7 +22,7 @@ The ensemble's and the generate model's tensors below are the public API (docs/d
 
 from __future__ import annotations
 
-from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES
+from perceptserve.datasetdm.coco_names import COCO_CATEGORIES
 from perceptserve.settings import Settings
 
 from . import datasetdm as exported

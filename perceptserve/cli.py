@@ -121,21 +121,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return generate_command(args)
 
 
+def cmd_dataset_merge(args: argparse.Namespace) -> int:
+    from perceptserve.clients.merge import merge_command
+
+    return merge_command(args)
+
+
 def cmd_demo_datasetdm(args: argparse.Namespace) -> int:
     from perceptserve.demo_datasetdm import run_demo
 
     return run_demo(args)
 
 
+def _bench_from_args(job_type, run, args: argparse.Namespace) -> int:
+    """A benchmark whose job's fields are named as its command-line options."""
+    import dataclasses
+
+    fields = {field.name for field in dataclasses.fields(job_type)}
+    run(job_type(**{name: value for name, value in vars(args).items() if name in fields}), settings_module.from_env())
+    print(f"results written to {args.out}/results.json and results.md")
+    return 0
+
+
 def cmd_bench_datasetdm(args: argparse.Namespace) -> int:
     from perceptserve.benchmarks.datasetdm import DatasetDMBench, run
 
-    job = DatasetDMBench(
-        out=args.out, repository=args.repository, images=args.images, steps=args.steps, side=args.side, batch=args.batch
-    )
-    run(job, settings_module.from_env())
-    print(f"results written to {args.out}/results.json and results.md")
-    return 0
+    return _bench_from_args(DatasetDMBench, run, args)
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> int:
+    from perceptserve.benchmarks.generate_concurrency import GenerateConcurrencyBench, run
+
+    return _bench_from_args(GenerateConcurrencyBench, run, args)
 
 
 def cmd_bench_hqsam(args: argparse.Namespace) -> int:
@@ -338,9 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.set_defaults(func=cmd_annotate)
 
     generate = commands.add_parser("generate", help="generate an annotated DatasetDM dataset over gRPC")
-    generate.add_argument("--prompt", required=True)
+    prompts = generate.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="one prompt for every seed")
+    prompts.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="PATH",
+        help="a text file (one prompt a line) or a folder of {class}.txt files; seed s uses prompt s mod P",
+    )
     generate.add_argument("--negative-prompt", default="")
-    generate.add_argument("--classes", required=True, metavar="a,b,c", help="class names to annotate")
+    generate.add_argument(
+        "--classes", default="", metavar="a,b,c", help="class names to annotate (a prompt folder adds its classes)"
+    )
     generate.add_argument("--count", type=int, required=True, help="images to generate (seeds SEED .. SEED+COUNT-1)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--steps", type=int, default=50)
@@ -348,10 +374,24 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--height", type=int, help="default: the model's (512 for SD 1.x)")
     generate.add_argument("--width", type=int)
     generate.add_argument("--batch", type=int, default=4, help="seeds per request, denoised in one loop")
+    generate.add_argument(
+        "--concurrency", type=int, default=1, help="requests in flight (match the server's generate instances)"
+    )
+    generate.add_argument("--shard", metavar="I/N", help="generate the I-th of N blocks of the seeds (0-based)")
+    generate.add_argument(
+        "--wait", type=float, default=0, metavar="SECONDS", help="wait up to SECONDS for the server to be ready"
+    )
     generate.add_argument("--out", type=Path, required=True, help="dataset folder (resumed if it exists)")
     generate.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
     _add_annotation_arguments(generate)
     generate.set_defaults(func=cmd_generate)
+
+    dataset = commands.add_parser("dataset", help="work on generated datasets")
+    dataset_commands = dataset.add_subparsers(dest="action", required=True)
+    merge = dataset_commands.add_parser("merge", help="merge the shards of one `generate --shard` run into OUT")
+    merge.add_argument("out", type=Path, help="the merged dataset's folder")
+    merge.add_argument("shards", type=Path, nargs="+", metavar="SHARD_DIR", help="folders the shards wrote")
+    merge.set_defaults(func=cmd_dataset_merge)
 
     bench = commands.add_parser("bench", help="benchmark eager vs ONNX Runtime vs served, side by side")
     bench_families = bench.add_subparsers(dest="family", required=True)
@@ -418,6 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_datasetdm.add_argument("--batch", type=int, default=2, help="seeds per generate request")
     bench_datasetdm.add_argument("--out", type=Path, default=Path("bench-output/datasetdm"))
     bench_datasetdm.set_defaults(func=cmd_bench_datasetdm)
+
+    bench_generate = bench_families.add_parser(
+        "generate", help="perceptserve generate: images/s with requests in flight vs one at a time, side by side"
+    )
+    bench_generate.add_argument(
+        "--repository", type=Path, help="a tiny-random export with 2 generate instances (default: export to OUT)"
+    )
+    bench_generate.add_argument("--images", type=int, default=8, help="images per level and round")
+    bench_generate.add_argument("--rounds", type=int, default=3)
+    bench_generate.add_argument("--steps", type=int, default=20)
+    bench_generate.add_argument("--side", type=int, default=128, help="image side (a multiple of 64)")
+    bench_generate.add_argument("--batch", type=int, default=1, help="seeds per request")
+    bench_generate.add_argument("--out", type=Path, default=Path("bench-output/generate"))
+    bench_generate.set_defaults(func=cmd_bench_generate)
 
     demo = commands.add_parser("demo", help="export, serve and segment a sample photo end to end")
     demo.add_argument("--model-type", default="vit_tiny", choices=HQSAM_MODEL_TYPES)

@@ -12,6 +12,7 @@ from PIL import Image
 from skimage import data as sample_images
 
 from perceptserve import settings as settings_module
+from perceptserve.clients import prompt_lists
 from perceptserve.clients.annotate import annotate_file
 from perceptserve.clients.dataset import Dataset, RunSpec
 from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
@@ -36,7 +37,7 @@ def run_demo(args: argparse.Namespace) -> int:
         with DatasetDMGenerateClient(server.grpc_url) as client:
             # Random decoders score their instances far under DatasetDM's 0.4: keep them all.
             spec = RunSpec(
-                PROMPT,
+                prompt_lists.single(PROMPT, CLASSES[0]),
                 CLASSES,
                 steps=10,
                 guidance=7.5,

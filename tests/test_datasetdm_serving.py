@@ -6,6 +6,7 @@ layout and resume, the CLI, and bad input refused with INVALID_ARGUMENT while th
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -15,13 +16,14 @@ from perceptserve.clients.dataset import MANIFEST, Dataset, RunSpec, mask_of
 from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.generate import generate_dataset
+from perceptserve.clients.prompt_lists import single
 from PIL import Image
 from skimage import data as sample_images
 
 from perceptserve import cli
 from perceptserve.datasetdm import instances, tiny, validation
+from perceptserve.datasetdm.coco_names import COCO_CATEGORIES
 from perceptserve.datasetdm.features import GROUPS
-from perceptserve.datasetdm.instance_decoder import COCO_CATEGORIES
 from perceptserve.datasetdm.pose_decoder import read_keypoints
 from perceptserve.imaging import encode_png
 
@@ -231,7 +233,7 @@ class FailingSeed:
 
 
 def test_dataset_layout_resume_and_failures(generator, tmp_path):
-    spec = RunSpec(PROMPT, CLASSES, steps=2, guidance=5.0, height=64, width=64, models=generator.model_versions())
+    spec = RunSpec(single(PROMPT, "cat"), CLASSES, 2, 5.0, height=64, width=64, models=generator.model_versions())
     client = FailingSeed(generator, bad_seed=2)
     result = generate_dataset(client, Dataset(tmp_path, spec), seeds=[0, 1, 2, 3], batch=2, progress=False)
     assert result.written == [0, 1, 3] and list(result.failed) == [2]
@@ -242,6 +244,7 @@ def test_dataset_layout_resume_and_failures(generator, tmp_path):
     entries = [json.loads(line) for line in (tmp_path / MANIFEST).read_text().splitlines()]
     assert [e["seed"] for e in entries] == [0, 1, 3]
     assert entries[0]["models"] == {"datasetdm_generate": ["1"]} and entries[0]["classes"] == CLASSES
+    assert (entries[0]["prompt"], entries[0]["class"]) == (PROMPT, "cat")
 
     # Interrupted: seed 3's line torn mid-write, seed 1's image lost. Resume redoes those and 2 only.
     lines = (tmp_path / MANIFEST).read_text().splitlines()
@@ -253,7 +256,7 @@ def test_dataset_layout_resume_and_failures(generator, tmp_path):
     assert sorted(Dataset(tmp_path, spec).done) == [0, 1, 2, 3]
 
     with pytest.raises(ClientError, match="other settings"):
-        Dataset(tmp_path, RunSpec(PROMPT, ["dog"], steps=2, guidance=5.0, height=64, width=64))
+        Dataset(tmp_path, RunSpec(single(PROMPT, "dog"), ["dog"], steps=2, guidance=5.0, height=64, width=64))
 
 
 def test_cli_annotate_and_generate(server, tmp_path, capsys):
@@ -331,7 +334,8 @@ def test_coco_files_load_in_pycocotools_and_resume_to_the_same_bytes(generator, 
     from pycocotools.coco import COCO
 
     classes = ["person", "dog"]
-    spec = RunSpec("a photo of a man with a dog", classes, 2, 5.0, height=64, width=128, score_threshold=0.0, models={})
+    prompts = single("a photo of a man with a dog", "person")
+    spec = RunSpec(prompts, classes, 2, 5.0, height=64, width=128, score_threshold=0.0, models={})
     whole = tmp_path / "whole"
     generate_dataset(generator, Dataset(whole, spec), seeds=[4, 5, 6], batch=2, progress=False)
     instances_file = COCO(str(whole / coco.INSTANCES))
@@ -360,3 +364,77 @@ def test_coco_files_load_in_pycocotools_and_resume_to_the_same_bytes(generator, 
     generate_dataset(generator, Dataset(resumed, spec), [4, 5, 6], batch=2, progress=False)
     for name in (coco.INSTANCES, coco.PERSON_KEYPOINTS):
         assert (resumed / name).read_bytes() == (whole / name).read_bytes()
+
+
+class InFlight:
+    """The real client, counting the requests it has outstanding at once."""
+
+    def __init__(self, client: DatasetDMGenerateClient) -> None:
+        self.client, self.lock, self.now, self.most = client, threading.Lock(), 0, 0
+
+    def generate(self, *args, **kwargs):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return self.client.generate(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_concurrency_keeps_requests_in_flight(generator, tmp_path):
+    spec = RunSpec(single(PROMPT, "cat"), CLASSES, 2, 5.0, height=64, width=64, models=generator.model_versions())
+    client = InFlight(generator)
+    result = generate_dataset(client, Dataset(tmp_path, spec), list(range(6)), batch=1, concurrency=3, progress=False)
+    assert client.most == 3 and sorted(result.written) == list(range(6)) and not result.failed
+    assert sorted(json.loads(line)["seed"] for line in (tmp_path / MANIFEST).read_text().splitlines()) == list(range(6))
+
+
+def test_prompt_folder_two_shards_merged_equal_one_run(server, tmp_path, capsys):
+    """DatasetDM's prompt layout drives a run; its two shards, written into one folder and merged,
+    are the unsharded run item for item; a changed prompt list is refused on resume."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "cat.txt").write_text("a photo of a cat\n\na cat asleep on a sofa\n")
+    (prompts / "sofa.txt").write_text("a red sofa in a room\n")
+    texts = ["a photo of a cat", "a cat asleep on a sofa", "a red sofa in a room"]
+
+    def generate(out: str, *extra: str) -> int:
+        common = ["--count", "5", "--seed", "3", "--steps", "2", "--height", "64", "--width", "64", "--batch", "2"]
+        return cli.main(
+            ["generate", "--prompts", str(prompts), *common, "--out", str(tmp_path / out), "--url", server.grpc_url]
+            + list(extra)
+        )
+
+    assert generate("whole", "--concurrency", "2") == 0
+    assert generate("shards", "--shard", "0/2") == 0 and generate("shards", "--shard", "1/2") == 0
+    assert "images/s" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "shards").glob("manifest*")} == {
+        "manifest-0-of-2.jsonl",
+        "manifest-1-of-2.jsonl",
+    }
+    assert cli.main(["dataset", "merge", str(tmp_path / "merged"), str(tmp_path / "shards")]) == 0
+
+    def items(folder: str) -> dict[int, dict]:
+        return {e["seed"]: e for e in map(json.loads, (tmp_path / folder / MANIFEST).read_text().splitlines())}
+
+    whole, merged = items("whole"), items("merged")
+    assert sorted(whole) == sorted(merged) == [3, 4, 5, 6, 7]
+    for seed, entry in whole.items():
+        assert entry["prompt"] == texts[seed % 3] and entry["class"] == ("sofa" if seed % 3 == 2 else "cat")
+        assert entry["classes"] == ["cat", "sofa"]
+        assert merged[seed] == entry  # prompt, class, files, run settings: the same record
+        for kind in ("image", "mask", "depth"):
+            ours = np.asarray(Image.open(tmp_path / "whole" / entry["files"][kind]), dtype=np.int16)
+            theirs = np.asarray(Image.open(tmp_path / "merged" / entry["files"][kind]), dtype=np.int16)
+            assert np.abs(ours - theirs).max() <= (0 if kind == "mask" else 2), (seed, kind)
+
+    # Shards of different runs are refused (an unsharded run is not a shard of a 2-shard one).
+    assert (
+        cli.main(["dataset", "merge", str(tmp_path / "mixed"), str(tmp_path / "whole"), str(tmp_path / "shards")]) == 2
+    )
+    assert "hold different runs" in capsys.readouterr().err
+    (prompts / "sofa.txt").write_text("a red sofa in a room\na green sofa\n")
+    assert generate("whole") == 2
+    assert "prompts differ" in capsys.readouterr().err

@@ -12,6 +12,7 @@ tests/test_reliability.py runs the same command line through a killed stub and a
 
 from __future__ import annotations
 
+import argparse
 import base64
 import copy
 import json
@@ -191,6 +192,7 @@ def test_chart_metadata():
         "serviceMonitor",
         "podDisruptionBudget",
         "securityContext",
+        "generateJob",
     ):
         assert schema["properties"][key].get("additionalProperties") is False, key
 
@@ -582,6 +584,95 @@ def test_helm_test_script_uses_the_ensemble_api():
 
 
 # --------------------------------------------------------------------------------------------
+# The dataset generation Jobs (generateJob): an Indexed Job over the fleet, and the merge
+
+
+def jobs(docs: list[dict]) -> dict[str, dict]:
+    return {doc["metadata"]["labels"]["app.kubernetes.io/component"]: doc for doc in of_kind(docs, "Job")}
+
+
+def expand(argument: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion in command and args."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), argument)
+
+
+def cli_arguments(container: dict, index: int) -> argparse.Namespace:
+    """The container's command line as perceptserve's own parser reads it, for pod `index`."""
+    from perceptserve import cli
+
+    command = container["command"] + [expand(a, {"JOB_COMPLETION_INDEX": str(index)}) for a in container["args"]]
+    assert command[0] == "perceptserve"
+    return cli.build_parser().parse_args(command[1:])
+
+
+def test_generate_job_is_off_by_default(default_docs):
+    assert not of_kind(default_docs, "Job")
+
+
+def test_generate_job(all_on_docs):
+    from perceptserve.clients.shards import Shard
+
+    values = yaml.safe_load(ALL_ON_VALUES.read_text())["generateJob"]
+    job = jobs(all_on_docs)["generate"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert (spec["completions"], spec["parallelism"]) == (values["shards"], values["parallelism"])
+    assert spec["backoffLimitPerIndex"] == values["backoffLimitPerIndex"]  # a failed shard retries alone
+    assert spec["maxFailedIndexes"] == values["maxFailedIndexes"]
+    assert spec["podFailurePolicy"]["rules"] == [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    index_env = {e["name"]: e for e in container["env"]}["JOB_COMPLETION_INDEX"]
+    assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    # Every pod runs `perceptserve generate` on its own shard of one run, against the Service.
+    service = one(all_on_docs, "Service")
+    grpc = {p["name"]: p["port"] for p in service["spec"]["ports"]}["grpc"]
+    runs = [cli_arguments(container, index) for index in range(spec["completions"])]
+    assert [str(Shard.parse(args.shard)) for args in runs] == [f"{i}/{values['shards']}" for i in range(8)]
+    for args in runs:
+        assert args.func.__name__ == "cmd_generate"
+        assert args.url == f"{service['metadata']['name']}.{NAMESPACE}.svc:{grpc}"
+        assert str(args.prompts) == f"/data/{values['prompts']}" and args.classes == "person"
+        assert (args.count, args.seed, args.batch, args.concurrency) == (10000, 1000, 4, 2)
+        assert (args.height, args.width, args.steps, args.guidance) == (512, 512, 50, 7.5)
+        assert args.wait == values["waitForServerSeconds"] and args.negative_prompt == "blurry"
+    # A retried pod writes where its first attempt did: it resumes from the shard's manifest.
+    assert {str(args.out) for args in runs} == {f"/data/{values['run']}/shards"}
+    mounts = mounts_by_path(container)
+    assert mounts["/data"]["subPath"] == values["data"]["subPath"]
+    assert volume(pod, mounts["/data"]["name"])["persistentVolumeClaim"] == {"claimName": "datasets"}
+    # The merge Job reads the shards' folder into the merged one.
+    merge = jobs(all_on_docs)["generate-merge"]
+    (merger,) = merge["spec"]["template"]["spec"]["containers"]
+    args = cli_arguments(merger, 0)
+    assert args.func.__name__ == "cmd_dataset_merge"
+    assert [str(p) for p in args.shards] == [f"/data/{values['run']}/shards"]
+    assert str(args.out) == f"/data/{values['run']}/merged"
+
+
+def test_generate_jobs_are_hardened_like_the_server(all_on_docs):
+    server = server_pod(all_on_docs)["spec"]
+    for job in jobs(all_on_docs).values():
+        pod = job["spec"]["template"]["spec"]
+        assert pod["securityContext"] == server["securityContext"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == server["serviceAccountName"]
+        assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}  # clients: no GPU nodes needed
+        (container,) = pod["containers"]
+        assert container["securityContext"] == triton_container(all_on_docs)["securityContext"]
+        assert container["image"] == triton_container(all_on_docs)["image"]
+        assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+        writable = {path for path, m in mounts_by_path(container).items() if not m.get("readOnly")}
+        assert writable == {"/data", "/tmp"}
+        assert {"HOME": "/tmp"}.items() <= {e["name"]: e.get("value") for e in container["env"]}.items()
+
+
+# --------------------------------------------------------------------------------------------
 # Defaults agree with perceptserve.settings
 
 
@@ -680,6 +771,31 @@ BAD_VALUES = [
         "autoscaling.maxReplicas",
     ),
     (["--set", "resources.limits.nvidia\\.com/gpu=1"], "gpu.count"),
+    (["--set", "generateJob.enabled=true"], "generateJob.data.claimName"),
+    (
+        [
+            "--set",
+            "generateJob.enabled=true",
+            "--set",
+            "generateJob.data.claimName=d",
+            "--set",
+            "generateJob.prompt=a cat",
+        ],
+        "exactly one of prompts",
+    ),
+    (
+        ["--set", "generateJob.enabled=true", "--set", "generateJob.data.claimName=d", "--set", "generateJob.prompts="],
+        "exactly one of prompts",
+    ),
+    (
+        ["--set", "generateJob.enabled=true", "--set", "generateJob.data.claimName=d", "--set", "generateJob.prompts="]
+        + ["--set", "generateJob.prompt=a cat"],
+        "generateJob.classes",
+    ),
+    (["--set", "generateJob.shards=0"], "generateJob.shards"),
+    (["--set", "generateJob.run=Run_1"], "generateJob.run"),
+    (["--set", "generateJob.parallelism=0"], "generateJob.parallelism"),
+    (["--set", "generateJob.prompts=/abs/path"], "generateJob.prompts"),
 ]
 
 
@@ -706,7 +822,7 @@ def test_dockerfile():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"^ARG TRITON_IMAGE=nvcr\.io/nvidia/tritonserver:24\.10-py3$", dockerfile, re.M)
     assert re.search(r"^FROM \$\{TRITON_IMAGE\}$", dockerfile, re.M)
-    for package in ('"numpy<2"', '"pillow', '"onnxruntime-gpu', '"tritonclient[grpc,http]'):
+    for package in ('"numpy<2"', '"pillow', '"onnxruntime-gpu', '"tritonclient[grpc,http]', '"tqdm'):
         assert package in dockerfile, package
     assert "pip install --no-deps ." in dockerfile
     # Every source folder of the package is copied (pyproject's package-dir).

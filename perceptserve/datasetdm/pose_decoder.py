@@ -18,19 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .coco_names import KEYPOINTS
 from .features import FeatureLayout
 from .layers import StackingConfig, StackingPyramid, resize, scaled_size
-
-# COCO's person keypoints, in COCO's (and DatasetDM's) order, and its skeleton (1-based pairs).
-KEYPOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-    "right_ankle",
-)  # fmt: skip
-SKELETON = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9), (8, 10), (9, 11),
-    (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
