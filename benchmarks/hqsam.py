@@ -25,9 +25,11 @@ from perceptserve.model_repository.writer import VERSION
 from perceptserve.server import TritonServer, free_port
 
 from perceptserve.hqsam import registry
+from perceptserve.hqsam.official import SamPredictor
 from perceptserve.settings import Settings
 
 from . import records
+from .cold_start import first_request_ratio
 from .onnxruntime_tuning import OPTIMIZATION_LEVELS, OrtTuning, mask_agreement, quantized_repository
 from .perf_analyzer import write_input_data
 from .plot import write_plot
@@ -69,6 +71,7 @@ class BenchJob:
     repository: Path | None = None  # an exported repository to reuse; default: export to out/repository
     onnxruntime: OrtTuning = OrtTuning()
     perf_analyzer_data: Path | None = None
+    precision: str = "fp32"  # of the export (int8: the served and `onnxruntime` encoder is int8)
 
     @property
     def model_type(self) -> str:
@@ -101,7 +104,7 @@ class BenchJob:
 
     def command(self) -> str:
         """The command line that runs this job, for the report."""
-        parts = ["perceptserve bench hqsam", f"--model-type {self.model_type}"]
+        parts = ["perceptserve bench hqsam", f"--model-type {self.model_type}", f"--precision {self.precision}"]
         parts.append(f"--checkpoint {self.checkpoint}" if self.checkpoint else f"--random-init --seed {self.seed}")
         parts += [
             f"--modes {','.join(self.modes)}",
@@ -123,7 +126,11 @@ class BenchJob:
 
     def export_job(self) -> HQSamExport:
         return HQSamExport(
-            model=self.model, repository=self.repository_path, checkpoint=self.checkpoint, seed=self.seed
+            model=self.model,
+            repository=self.repository_path,
+            checkpoint=self.checkpoint,
+            seed=self.seed,
+            precision=self.precision,
         )
 
 
@@ -164,6 +171,10 @@ def _open_runner(
             try:
                 result.versions["tritonserver"] = runner.server_version()
                 result.options["server"] = description
+                if job.start_server:  # nothing has been sent to this server yet
+                    result.cold_start = first_request_ratio(runner.client, Workload(workload.image))
+                if sam is not None:  # what the served masks cost in quality (an int8 encoder)
+                    result.served_agreement = mask_agreement(SamPredictor(sam), runner.client, workload.image)
                 yield runner
             finally:
                 runner.close()

@@ -1,18 +1,17 @@
 """ONNX Runtime CPU tuning for the `onnxruntime` modes: threads, graph optimisation level, and an
-int8 variant of the encoder (dynamic quantisation of its weights), whose speed-up is only worth
+int8 variant of the encoder (the export's `--precision int8` quantisation), whose speed-up is only worth
 having if its masks still agree with fp32: `mask_agreement` measures that.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from perceptserve.export import onnx_io
 from perceptserve.export.parity import mask_iou, prompt_cases
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
@@ -40,18 +39,6 @@ class OrtTuning:
         return {"threads": self.threads, "graph_optimization_level": self.optimization}
 
 
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """The quantiser logs advice on the root logger for every tensor it skips (the uint8 image)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def quantized_repository(repository: Path, folder: Path) -> Path:
     """A repository in `folder` holding an int8 copy of the encoder and the fp32 decoder.
 
@@ -59,28 +46,25 @@ def quantized_repository(repository: Path, folder: Path) -> Path:
     copied: it is small, runs once per prompt, and is kept in fp32 so that the comparison with
     fp32 isolates the encoder.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     source = version_dir(repository, names.ENCODER) / ONNX_FILE
     target = version_dir(folder, names.ENCODER) / ONNX_FILE
     decoder = version_dir(folder, names.DECODER) / ONNX_FILE
     decoder.unlink(missing_ok=True)
     os.symlink((version_dir(repository, names.DECODER) / ONNX_FILE).resolve(), decoder)
-    external = source.with_name(source.name + ".data").exists()  # vit_h's fp32 weights
-    with _quiet_root_logger():
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, use_external_data_format=external)
+    onnx_io.quantize_int8(source, target)
     return folder
 
 
-def mask_agreement(reference: OnnxPredictor, candidate: OnnxPredictor, image: np.ndarray) -> dict:
-    """Mask IoU of `candidate` against `reference` over the parity check's prompt cases (point,
-    points with a negative, box, box and point); `iou_loss` is 1 - mean IoU."""
+def mask_agreement(reference, candidate, image: np.ndarray) -> dict:
+    """Mask IoU of `candidate` against `reference` (anything with `SamPredictor`'s `set_image`
+    and `predict`) over the parity check's prompt cases (point, points with a negative, box, box
+    and point); `iou_loss` is 1 - mean IoU."""
     reference.set_image(image)
     candidate.set_image(image)
     ious = []
     for prompt in prompt_cases(*image.shape[:2]).values():
-        expected, _, _ = reference.predict(**prompt)
-        got, _, _ = candidate.predict(**prompt)
-        ious.append(mask_iou(got, expected))
+        expected = reference.predict(**prompt, multimask_output=False)[0]
+        got = candidate.predict(**prompt, multimask_output=False)[0]
+        ious.append(mask_iou(np.asarray(got), np.asarray(expected)))
     mean = float(np.mean(ious))
     return {"cases": len(ious), "mask_iou_mean": mean, "mask_iou_min": float(min(ious)), "iou_loss": 1.0 - mean}

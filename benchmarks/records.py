@@ -56,6 +56,8 @@ class BenchResult:
     records: list[Record] = field(default_factory=list)
     int8: dict | None = None  # mask agreement and speed-up of the int8 encoder
     export_parity: dict | None = None
+    served_agreement: dict | None = None  # served masks against the official predictor's
+    cold_start: dict | None = None  # the first request after ready against the next ones
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def find(self, mode: str, stage: str, concurrency: int = 1, batch: int = 1) -> Record | None:

@@ -35,6 +35,8 @@ def to_json(result: BenchResult) -> dict:
         "records": [record.to_json() for record in result.records],
         "int8": result.int8,
         "export_parity": result.export_parity,
+        "served_agreement": result.served_agreement,
+        "cold_start": result.cold_start,
         "targets": [verdict.to_json() for verdict in verdicts(result)],
     }
 
@@ -152,18 +154,43 @@ def _targets_table(result: BenchResult) -> list[str]:
     return lines + [""]
 
 
-def _int8_section(result: BenchResult) -> list[str]:
-    if not result.int8:
-        return []
-    q = result.int8
+def _int8_bullets(q: dict) -> list[str]:
     return [
-        "## ONNX Runtime int8 encoder (dynamic quantisation)",
-        "",
-        f"- Encoder p50 speed-up against fp32: {_x(q['encoder_speedup'])}.",
-        f"- Mask IoU against fp32 over {q['cases']} prompt cases: mean {q['mask_iou_mean']:.4f}, "
+        f"Encoder p50 speed-up against fp32: {_x(q['encoder_speedup'])}.",
+        f"Mask IoU against fp32 over {q['cases']} prompt cases: mean {q['mask_iou_mean']:.4f}, "
         f"min {q['mask_iou_min']:.4f} (loss {q['iou_loss']:.4f}).",
-        "",
     ]
+
+
+def _served_agreement_bullets(a: dict) -> list[str]:
+    return [
+        f"Mask IoU of the served `hqsam` ensemble against the official `SamPredictor` (fp32, eager) over "
+        f"{a['cases']} prompt cases: mean {a['mask_iou_mean']:.4f}, min {a['mask_iou_min']:.4f}."
+    ]
+
+
+def _cold_start_bullets(c: dict) -> list[str]:
+    return [
+        f"New image + one point, one at a time on the freshly started server: first {c['first_ms']:,.0f} ms, "
+        f"median of the {len(c['latencies_ms']) - 1} after it {c['warm_median_ms']:,.0f} ms: {_x(c['ratio'])}."
+    ]
+
+
+# (BenchResult field, heading, its bullets): sections present only when the run measured them.
+OPTIONAL_SECTIONS = (
+    ("int8", "ONNX Runtime int8 encoder (dynamic quantisation)", _int8_bullets),
+    ("served_agreement", "Served masks against the official predictor", _served_agreement_bullets),
+    ("cold_start", "First request after ready", _cold_start_bullets),
+)
+
+
+def _optional_sections(result: BenchResult) -> list[str]:
+    lines = []
+    for field, title, bullets in OPTIONAL_SECTIONS:
+        value = getattr(result, field)
+        if value:
+            lines += [f"## {title}", "", *(f"- {bullet}" for bullet in bullets(value)), ""]
+    return lines
 
 
 def markdown(result: BenchResult) -> str:
@@ -172,7 +199,7 @@ def markdown(result: BenchResult) -> str:
         + _latency_table(result)
         + _server_table(result)
         + _targets_table(result)
-        + _int8_section(result)
+        + _optional_sections(result)
     )
 
 

@@ -9,6 +9,7 @@ configs, then run the parity check on a real photo.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import torch
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
 from perceptserve.model_repository.writer import version_dir, write_models
-from skimage import data as sample_images
 
 from perceptserve.hqsam import checkpoint, registry
 from perceptserve.hqsam.export_modules import ImageEncoder, PromptDecoder
@@ -27,6 +27,11 @@ from perceptserve.settings import Settings
 from . import onnx_io, parity, tensorrt
 from .progress import Steps
 
+PRECISION_STEPS = {
+    "fp16": "converting to fp16 (norms, softmax and erf kept in fp32)",
+    "int8": "quantising the image encoder to int8 for the cpu target (decoder fp32; gpu keeps TensorRT fp16)",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class HQSamExport:
@@ -34,10 +39,10 @@ class HQSamExport:
     repository: Path
     checkpoint: Path | None = None  # None: random weights from `seed`
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "fp32"  # one of settings.PRECISIONS
     tensorrt: bool = False
     allow_missing_hq: bool = False
-    parity_image: np.ndarray | None = None  # default: skimage's coffee photo
+    parity_image: np.ndarray | None = None  # default: `parity.photos(precision)`
 
 
 def load_model(job: HQSamExport):
@@ -99,7 +104,7 @@ def run(job: HQSamExport, settings: Settings) -> parity.ParityReport:
     """Export, write the repository, check parity; returns the report (the CLI sets the exit code)."""
     if job.tensorrt:
         tensorrt.require_tensorrt()  # fail before minutes of export, not after
-    steps = Steps(total=5 + (job.precision == "fp16") + job.tensorrt)
+    steps = Steps(total=5 + (job.precision in PRECISION_STEPS) + job.tensorrt)
     with steps.step(
         "loading the official model" + (f" from {job.checkpoint}" if job.checkpoint else " (random weights)")
     ):
@@ -113,12 +118,9 @@ def run(job: HQSamExport, settings: Settings) -> parity.ParityReport:
             export_encoder(sam, onnx_paths[names.ENCODER])
         with steps.step("exporting the prompt decoder to ONNX"):
             export_decoder(sam, onnx_paths[names.DECODER])
-    if job.precision == "fp16":
-        with steps.step("converting to fp16 (norms, softmax and erf kept in fp32)"):
-            for path in onnx_paths.values():
-                onnx_io.to_fp16(path)
-    for path in onnx_paths.values():
-        (path.parent / PLAN_FILE).unlink(missing_ok=True)  # a stale engine must not outlive its model
+    converting = job.precision in PRECISION_STEPS
+    with steps.step(PRECISION_STEPS[job.precision]) if converting else contextlib.nullcontext():
+        onnx_io.apply_precision(onnx_paths.values(), job.precision, quantized=[onnx_paths[names.ENCODER]])
     if job.tensorrt:
         with steps.step("building TensorRT engines"):
             serving = settings.hqsam
@@ -127,10 +129,10 @@ def run(job: HQSamExport, settings: Settings) -> parity.ParityReport:
             )
             for key, model in (("encoder", names.ENCODER), ("decoder", names.DECODER)):
                 path = onnx_paths[model]
-                tensorrt.build_engine(path, path.parent / PLAN_FILE, profiles[key], fp16=job.precision == "fp16")
+                tensorrt.build_engine(path, path.parent / PLAN_FILE, profiles[key], fp16=job.precision != "fp32")
     with steps.step("writing the model repository configs (cpu and gpu)"):
         write_models(job.repository, names.definitions(settings), settings)
     with steps.step("parity check against the official SamPredictor"):
-        image = sample_images.coffee() if job.parity_image is None else job.parity_image
+        photos = parity.photos(job.precision) if job.parity_image is None else {"given": job.parity_image}
         with torch.no_grad():
-            return parity.check(sam, OnnxPredictor(job.repository), image, job.precision)
+            return parity.check(sam, OnnxPredictor(job.repository), photos, job.precision)

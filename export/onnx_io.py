@@ -1,5 +1,5 @@
-"""Writing ONNX files: the dynamo exporter, external data for models over 2 GB, and fp16
-conversion that keeps the numerically fragile ops in fp32."""
+"""Writing ONNX files: the dynamo exporter, external data for models over 2 GB, fp16
+conversion that keeps the numerically fragile ops in fp32, and int8 copies for the CPU."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
 import torch
+from perceptserve.model_repository.configs import INT8_ONNX_FILE, PLAN_FILE
 
 # Protobuf's hard limit is 2 GiB; stay well under it (vit_h's encoder is about 2.5 GB in fp32).
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000
@@ -55,10 +57,56 @@ def export(
 def to_fp16(path: Path) -> Path:
     """Convert an exported model in place to fp16 weights and compute, fp32 inputs and outputs."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(path))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS)
+    # The converter appends its Casts after their consumers; ONNX requires topological order
+    # (shape inference and stricter importers read the graph in one pass).
+    OnnxModel(converted).topological_sort()
     large = sum(len(t.raw_data) for t in converted.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     path.with_name(path.name + ".data").unlink(missing_ok=True)
     onnx.save(converted, str(path), save_as_external_data=large, location=path.name + ".data")
     return path
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """The quantiser logs advice on the root logger for every tensor it skips (a uint8 image)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(source: Path, target: Path) -> Path:
+    """An int8 copy of `source` for ONNX Runtime on the CPU: weights int8 per tensor, activations
+    quantised at run time (dynamic quantisation; benchmarks/README.md has the measurements
+    that chose it over calibrated static QDQ)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    external = source.with_name(source.name + ".data").exists()  # vit_h's fp32 weights
+    with _quiet_root_logger():
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, use_external_data_format=external)
+    return target
+
+
+def apply_precision(paths: Iterable[Path], precision: str, quantized: Iterable[Path] = ()) -> None:
+    """The export's `--precision` on its ONNX files (each `<version>/model.onnx`), shared by the
+    model families. fp16: converted in place. int8: each of `quantized` (the models where the
+    compute is, an image encoder) gets an int8 copy that the `cpu` config runs; `model.onnx`
+    stays fp32 for the `gpu` config's TensorRT fp16 path. Stale engines and int8 copies from an
+    earlier export are removed: they must not outlive the model they came from."""
+    paths, quantized = list(paths), list(quantized)
+    for path in paths:
+        (path.parent / PLAN_FILE).unlink(missing_ok=True)
+        (path.parent / INT8_ONNX_FILE).unlink(missing_ok=True)
+    if precision == "fp16":
+        for path in paths:
+            to_fp16(path)
+    elif precision == "int8":
+        for path in quantized:
+            quantize_int8(path, path.parent / INT8_ONNX_FILE)

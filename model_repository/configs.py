@@ -6,6 +6,8 @@ malformed cannot be written at all.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -15,6 +17,15 @@ from .definitions import DynamicBatching, ModelDefinition, Runtime, Tensor
 
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
+# An int8 copy for ONNX Runtime on the CPU (`--precision int8`); the `gpu` config keeps ONNX_FILE,
+# since TensorRT does not import ONNX Runtime's integer ops and runs its fp16 path instead.
+INT8_ONNX_FILE = "model.int8.onnx"
+
+
+def cpu_onnx_file(folder: Path) -> Path:
+    """The ONNX file a version folder's `cpu` config runs: the int8 copy where there is one."""
+    int8 = Path(folder) / INT8_ONNX_FILE
+    return int8 if int8.exists() else Path(folder) / ONNX_FILE
 
 
 def _tensor(message, tensor: Tensor) -> None:
@@ -46,7 +57,7 @@ def _warmup(config: mc.ModelConfig, definition: ModelDefinition) -> None:
             continue
         data = warmup.inputs[tensor.name]
         data.data_type = mc.DataType.Value(f"TYPE_{tensor.dtype}")
-        data.dims.extend(tensor.dims)
+        data.dims.extend(1 if dim == -1 else dim for dim in tensor.dims)  # a variable dim: one (prompt, point)
         data.zero_data = True
 
 
@@ -58,14 +69,16 @@ def _set_ensemble(config: mc.ModelConfig, definition: ModelDefinition) -> None:
         message.output_map.update(step.outputs)
 
 
-def _set_backend(config: mc.ModelConfig, definition: ModelDefinition, on_gpu: bool, settings: Settings, has_plan: bool):
+def _set_backend(
+    config: mc.ModelConfig, definition: ModelDefinition, on_gpu: bool, settings: Settings, has_plan: bool, cpu_file: str
+):
     """Python models, and ONNX models on the CPU target (run by `onnx_runner.py`), use the python
     backend; ONNX models on the GPU target a TensorRT plan where one was built, else ONNX Runtime
     with its TensorRT accelerator."""
     if not on_gpu:
         config.backend = "python"
     if definition.runtime is Runtime.ONNX and not on_gpu:
-        config.parameters["onnx_file"].string_value = ONNX_FILE
+        config.parameters["onnx_file"].string_value = cpu_file
         config.parameters["intra_op_num_threads"].string_value = str(settings.cpu_onnxruntime.threads)
         config.parameters["allow_spinning"].string_value = str(int(settings.cpu_onnxruntime.allow_spinning))
     if on_gpu and has_plan:
@@ -83,7 +96,9 @@ def _set_dynamic_batching(config: mc.ModelConfig, batching: DynamicBatching) -> 
     config.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
 
 
-def render(definition: ModelDefinition, target: str, settings: Settings, *, has_plan: bool = False) -> mc.ModelConfig:
+def render(
+    definition: ModelDefinition, target: str, settings: Settings, *, has_plan: bool = False, cpu_file: str = ONNX_FILE
+) -> mc.ModelConfig:
     """The config of `definition` on `target` ("cpu" or "gpu")."""
     config = mc.ModelConfig(name=definition.name, max_batch_size=definition.max_batch_size)
     for tensor in definition.inputs:
@@ -98,7 +113,7 @@ def render(definition: ModelDefinition, target: str, settings: Settings, *, has_
         return config
 
     on_gpu = target == "gpu" and definition.runtime is Runtime.ONNX
-    _set_backend(config, definition, on_gpu, settings, has_plan)
+    _set_backend(config, definition, on_gpu, settings, has_plan, cpu_file)
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
     group.count = definition.instances.for_target(target) if definition.instances else 1

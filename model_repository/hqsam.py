@@ -113,6 +113,7 @@ def definitions(settings: Settings) -> list[ModelDefinition]:
             inputs=DECODER_INPUTS,
             outputs=DECODER_OUTPUTS,
             instances=serving.decoder_instances,
+            warmup=serving.warmup,  # its first run (ONNX Runtime's allocations) was 0.6 s of the first request
         ),
         ModelDefinition(
             name=POSTPROCESS,

@@ -43,10 +43,13 @@ def write_models(repository: Path, definitions: list[ModelDefinition], settings:
         if source:
             shutil.copyfile(_python_source(source), folder / "model.py")
         has_plan = (folder / configs.PLAN_FILE).exists()
+        cpu_file = configs.cpu_onnx_file(folder).name
         config_dir = Path(repository) / definition.name / "configs"
         config_dir.mkdir(parents=True, exist_ok=True)
         for target in TARGETS:
             path = config_dir / f"{target}.pbtxt"
-            path.write_text(configs.to_text(configs.render(definition, target, settings, has_plan=has_plan)))
+            path.write_text(
+                configs.to_text(configs.render(definition, target, settings, has_plan=has_plan, cpu_file=cpu_file))
+            )
             written.append(path)
     return written

@@ -180,6 +180,7 @@ def cmd_bench_hqsam(args: argparse.Namespace) -> int:
         repository=args.repository,
         onnxruntime=OrtTuning(threads=args.ort_threads, optimization=args.ort_optimization),
         perf_analyzer_data=args.perf_analyzer_data,
+        precision=args.precision,
     )
     try:
         run(job, settings_module.from_env())
@@ -222,6 +223,12 @@ def _add_hqsam_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", type=Path, help="official HQ-SAM checkpoint (sam_hq_vit_*.pth)")
     source.add_argument("--random-init", action="store_true", help="random weights (tests, demos, benchmarks)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    parser.add_argument(
+        "--precision",
+        choices=settings_module.PRECISIONS,
+        default="fp32",
+        help="int8: the image encoder quantised for the cpu target (decoder fp32, gpu target TensorRT fp16)",
+    )
 
 
 def _add_annotation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -242,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     hqsam = families.add_parser("hqsam", help="HQ-SAM: encoder + HQ decoder to ONNX, with parity check")
     _add_hqsam_model_arguments(hqsam)
     hqsam.add_argument("--repository", type=Path, required=True, help="model repository folder")
-    hqsam.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     hqsam.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU + tensorrt)")
     hqsam.add_argument(
         "--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)"

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 DeviceTarget = str  # "cpu" (embedded tritonserver, python backend + ONNX Runtime) or "gpu" (NGC image)
 TARGETS = ("cpu", "gpu")
+# Export precisions. int8 is for the cpu target (ONNX Runtime); the gpu target of an int8 export
+# runs the fp32 graph through TensorRT in fp16.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .failure import ServerError, reason_from_log
 from .flags import tritonserver_command
 from .installation import TritonInstallation
 from .ports import check_free
+from .warmup import warm_up_ensembles
 
 LOG_TAIL_LINES = 25
 
@@ -130,6 +131,7 @@ class TritonServer:
                 reason = reason_from_log(self.log_file.read_text(errors="replace"))
                 raise ServerError(f"tritonserver failed to start: {reason} (log: {self.log_file})")
             if self.is_ready():
+                warm_up_ensembles(Path(self.repository), self.grpc_url)
                 return self
             time.sleep(0.25)
         self.stop()

@@ -3,13 +3,20 @@ once per session, and a real tritonserver serving them on free loopback ports.""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from perceptserve.export import onnx_io
 from perceptserve.export.hqsam import HQSamExport, load_model, run
+from perceptserve.model_repository import configs
+from perceptserve.model_repository import hqsam as names
+from perceptserve.model_repository.writer import version_dir, write_models
 from perceptserve.server import TritonServer, free_port
 from skimage import data as sample_images
 
@@ -41,6 +48,21 @@ class Exported:
 @pytest.fixture(scope="session")
 def small_vit(tmp_path_factory) -> Exported:
     return Exported(HQSamExport(model=SMALL_VIT, repository=tmp_path_factory.mktemp("small_vit"), seed=1))
+
+
+@pytest.fixture(scope="session")
+def small_vit_int8(small_vit, tmp_path_factory) -> Exported:
+    """small_vit's repository with the export's `--precision int8` step applied to a copy (the
+    same graphs, so no second export): the encoder gets its int8 copy, the configs are rewritten."""
+    repository = tmp_path_factory.mktemp("small_vit_int8") / "repository"
+    shutil.copytree(small_vit.repository, repository)
+    paths = {model: version_dir(repository, model) / configs.ONNX_FILE for model in (names.ENCODER, names.DECODER)}
+    onnx_io.apply_precision(paths.values(), "int8", quantized=[paths[names.ENCODER]])
+    write_models(repository, names.definitions(Settings()), Settings())
+    exported = copy.copy(small_vit)
+    exported.repository = repository
+    exported.job = dataclasses.replace(small_vit.job, repository=repository, precision="int8")
+    return exported
 
 
 @pytest.fixture(scope="session")

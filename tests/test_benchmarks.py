@@ -329,6 +329,8 @@ def test_report_files_have_every_field(tmp_path):
         "records",
         "int8",
         "export_parity",
+        "served_agreement",
+        "cold_start",
         "targets",
     }
     assert set(document["machine"]) == {
@@ -453,6 +455,8 @@ def test_smoke_run_of_every_cpu_mode(small_vit, server, tmp_path):
     assert document["machine"]["load_average_1m_end"] is not None
     assert document["int8"]["cases"] == 4 and 0.0 <= document["int8"]["iou_loss"] <= 1.0
     assert document["int8"]["encoder_speedup"] > 0
+    assert document["served_agreement"]["cases"] == 4 and document["served_agreement"]["mask_iou_min"] >= 0.99
+    assert document["cold_start"] is None  # measured only on a server the benchmark starts
     assert [t["key"] for t in document["targets"]] == [
         "served_request_vs_eager",
         "served_encoder_overhead",
@@ -461,5 +465,11 @@ def test_smoke_run_of_every_cpu_mode(small_vit, server, tmp_path):
     assert all(t["status"] in ("met", "missed") for t in document["targets"])
     text = (tmp_path / "results.md").read_text()
     assert text == markdown(result)
-    for heading in ("## Latency and throughput", "## Triton's split", "## Targets", "## ONNX Runtime int8 encoder"):
+    for heading in (
+        "## Latency and throughput",
+        "## Triton's split",
+        "## Targets",
+        "## ONNX Runtime int8 encoder",
+        "## Served masks against the official predictor",
+    ):
         assert heading in text

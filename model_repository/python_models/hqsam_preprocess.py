@@ -12,7 +12,7 @@ from perceptserve.model_repository.python_models.responses import respond_each
 
 from perceptserve.hqsam.geometry import resize_and_pad
 from perceptserve.hqsam.prompts import PromptError, PromptLimits, build_decoder_prompts
-from perceptserve.imaging import ImageError, decode_image
+from perceptserve.imaging import ImageError, decode_image, encode_png
 
 PROMPT_INPUTS = ("point_coords", "point_labels", "boxes", "mask_input")
 
@@ -36,6 +36,15 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
         self.max_image_pixels = int(parameters["max_image_pixels"])
         self.limits = PromptLimits(int(parameters["max_prompt_sets"]), int(parameters["max_points"]))
+        self._warm_up()
+
+    def _warm_up(self):
+        """Decode, resize and map a prompt once before Triton reports the model ready: the first
+        request would otherwise pay Pillow's plugin loading and these functions' first calls."""
+        image = decode_image(encode_png(np.zeros((48, 64, 3), np.uint8)), self.max_image_pixels)
+        points = np.array([[[8.0, 8.0]]], np.float32)
+        build_decoder_prompts(image.shape[:2], self.limits, points, np.ones((1, 1), np.int32))
+        resize_and_pad(image)
 
     def _process(self, request):
         encoded = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()

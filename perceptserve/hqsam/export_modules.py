@@ -52,8 +52,10 @@ class ImageEncoder(nn.Module):
         self.register_buffer("pixel_std", sam.pixel_std.clone(), persistent=False)
 
     def forward(self, image: torch.Tensor, input_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = image.permute(0, 3, 1, 2).to(self.pixel_mean.dtype)
-        x = (x - self.pixel_mean) / self.pixel_std
+        # Normalise in NHWC, then permute the floats: TensorRT takes uint8 only as a network input
+        # or output (a permute of the uint8 image, even written after the cast, is exported first).
+        mean, std = self.pixel_mean.reshape(1, 1, 1, -1), self.pixel_std.reshape(1, 1, 1, -1)
+        x = ((image.to(mean.dtype) - mean) / std).permute(0, 3, 1, 2)
         index = torch.arange(IMAGE_SIZE, device=image.device)
         rows_valid = index[None, :] < input_size[:, 0:1]  # [B, 1024]
         cols_valid = index[None, :] < input_size[:, 1:2]

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from perceptserve.model_repository import hqsam as names
-from perceptserve.model_repository.configs import ONNX_FILE
+from perceptserve.model_repository.configs import cpu_onnx_file
 from perceptserve.model_repository.writer import version_dir
 
 from .geometry import resize_and_pad, upscale_logits
@@ -39,8 +39,8 @@ class OnnxPredictor:
         mask_threshold: float = 0.0,
         optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     ) -> None:
-        self.encoder = session(version_dir(repository, names.ENCODER) / ONNX_FILE, threads, optimization)
-        self.decoder = session(version_dir(repository, names.DECODER) / ONNX_FILE, threads, optimization)
+        self.encoder = session(cpu_onnx_file(version_dir(repository, names.ENCODER)), threads, optimization)
+        self.decoder = session(cpu_onnx_file(version_dir(repository, names.DECODER)), threads, optimization)
         self.mask_threshold = mask_threshold
         self.features: tuple[np.ndarray, np.ndarray] | None = None
 
