@@ -24,6 +24,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from diffusers import PNDMScheduler
 from perceptserve.model_repository import datasetdm as exported
+from perceptserve.model_repository.python_models import bls
 from perceptserve.model_repository.python_models.responses import invalid_argument
 from transformers import CLIPTokenizer
 
@@ -33,22 +34,6 @@ from perceptserve.datasetdm.sampling import denoise, initial_latents
 GROUPS = exported.GROUPS
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
-
-
-class ModelCallError(RuntimeError):
-    """A model called through BLS failed; the server's fault, not the caller's."""
-
-
-def _call(model, inputs, outputs):
-    request = pb_utils.InferenceRequest(
-        model_name=model,
-        inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
-        requested_output_names=list(outputs),
-    )
-    response = request.exec()
-    if response.has_error():
-        raise ModelCallError(f"{model} failed: {response.error().message()}")
-    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
 
 
 def _optional_one(request, name, default):
@@ -124,7 +109,7 @@ class TritonPythonModel:
             + [j.class_ids for j in jobs]
         )
         embeddings = torch.from_numpy(
-            _call(exported.TEXT_ENCODER, {"input_ids": ids}, ["text_embeddings"])["text_embeddings"]
+            bls.call(exported.TEXT_ENCODER, {"input_ids": ids}, ["text_embeddings"])["text_embeddings"]
         )
         per_image = torch.tensor(np.repeat(np.arange(len(jobs)), counts))
         uncond, text = embeddings[per_image], embeddings[len(jobs) + per_image]
@@ -133,7 +118,7 @@ class TritonPythonModel:
 
         def unet(latents, timesteps):
             feeds = {"sample": latents.numpy(), "timestep": timesteps.numpy(), "encoder_hidden_states": context}
-            return torch.from_numpy(_call(exported.UNET, feeds, ["noise_pred"])["noise_pred"])
+            return torch.from_numpy(bls.call(exported.UNET, feeds, ["noise_pred"])["noise_pred"])
 
         group_names = [f"{task}_{group}" for task in self.limits.tasks for group in GROUPS]
 
@@ -144,7 +129,7 @@ class TritonPythonModel:
                 "text_embeddings": text.numpy(),
                 "uncond_embeddings": uncond.numpy(),
             }
-            out = _call(exported.FEATURES, feeds, ["noise_pred_uncond", "noise_pred_text"] + group_names)
+            out = bls.call(exported.FEATURES, feeds, ["noise_pred_uncond", "noise_pred_text"] + group_names)
             extras = {name: out[name] for name in group_names}
             return torch.from_numpy(out["noise_pred_uncond"]), torch.from_numpy(out["noise_pred_text"]), extras
 
@@ -154,7 +139,7 @@ class TritonPythonModel:
         guidance = torch.tensor(np.repeat([j.guidance for j in jobs], counts), dtype=torch.float32)
         scheduler = PNDMScheduler.from_config(self.scheduler_config)
         latents, groups = denoise(scheduler, latents, jobs[0].steps, guidance, unet, last)
-        images = _call(exported.VAE_DECODER, {"latents": latents.numpy()}, ["image"])["image"]
+        images = bls.call(exported.VAE_DECODER, {"latents": latents.numpy()}, ["image"])["image"]
         images = (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
 
         responses, start = [], 0
@@ -176,13 +161,13 @@ class TritonPythonModel:
             feeds = {group: groups[f"{task}_{group}"] for group in GROUPS}
             if task == "semantic":
                 feeds["class_embeddings"] = class_embeddings.numpy()
-                outputs.update(_call(exported.DECODERS[task], feeds, ["class_map", "class_scores"]))
+                outputs.update(bls.call(exported.DECODERS[task], feeds, ["class_map", "class_scores"]))
             elif task == "depth":
-                outputs.update(_call(exported.DECODERS[task], feeds, ["depth"]))
+                outputs.update(bls.call(exported.DECODERS[task], feeds, ["depth"]))
             elif task == "pose":
-                outputs.update(_call(exported.DECODERS[task], feeds, ["keypoints"]))
+                outputs.update(bls.call(exported.DECODERS[task], feeds, ["keypoints"]))
             else:
-                raw = _call(exported.DECODERS[task], feeds, ["class_logits", "mask_logits"])
+                raw = bls.call(exported.DECODERS[task], feeds, ["class_logits", "mask_logits"])
                 count, threshold = job.instance_limits
                 found = [
                     instances.infer(
@@ -213,7 +198,7 @@ class TritonPythonModel:
             indices, jobs = zip(*members, strict=True)
             try:
                 results = self._generate(list(jobs))
-            except ModelCallError as exc:
+            except bls.ModelCallError as exc:
                 results = [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))] * len(jobs)
             for index, response in zip(indices, results, strict=True):
                 responses[index] = response
