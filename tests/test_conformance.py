@@ -111,7 +111,8 @@ def assert_same(got: np.ndarray, expected: np.ndarray, name: str) -> None:
     if name.endswith(TIMINGS):
         return
     if np.issubdtype(expected.dtype, np.floating):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max(), err_msg=name)
+        scale = np.abs(expected).max() if expected.size else 0.0  # random decoders may find no instance
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
     else:
         np.testing.assert_array_equal(got, expected, err_msg=name)
 
