@@ -26,6 +26,7 @@ def test_every_onnx_model_is_warmed_up_with_concrete_shapes(small_vit):
         assert all(dim > 0 for data in warmup.inputs.values() for dim in data.dims), model
 
 
+@pytest.mark.timing
 def test_the_first_request_costs_no_more_than_the_next(small_vit):
     with TritonServer(small_vit.repository, "cpu", server_settings()) as server, HQSamClient(server.grpc_url) as client:
         measured = first_request_ratio(client, Workload(sample_photo()), requests=6)
