@@ -231,6 +231,7 @@ def run(job: BenchJob, settings: Settings) -> BenchResult:
             "requests": job.requests,
             "warmup": job.warmup,
             "image": SAMPLE_IMAGE,
+            "precision": job.precision,
             "onnxruntime": job.onnxruntime.to_json(),
             "server": None,
         },

@@ -52,6 +52,7 @@ class AutomaticBench:
     parameters: dict = field(default_factory=dict)  # generator parameters; empty: the official defaults
     seed: int = 0
     repositories: Path | None = None  # exports to reuse, one folder per model type (default: OUT/<model>)
+    precision: str = "fp32"  # of the export (int8: the served encoder is int8; eager stays fp32)
 
 
 def _exported(repository: Path) -> bool:
@@ -102,9 +103,9 @@ def _agreement(served: list[dict], official: list[dict]) -> dict:
 
 def bench_model(model: str, job: AutomaticBench, settings: Settings) -> dict:
     repository = (job.repositories or job.out) / model
-    export = HQSamExport(model=model, repository=repository, seed=job.seed)
+    export = HQSamExport(model=model, repository=repository, seed=job.seed, precision=job.precision)
     if not _exported(repository):
-        print(f"{model}: exporting random weights (seed {job.seed}) to {repository}")
+        print(f"{model}: exporting random weights (seed {job.seed}, {job.precision}) to {repository}")
         export_repository(export, settings)
     sam = load_model(export)
     results = {"photos": {}}

@@ -26,6 +26,7 @@ class Target:
     measure: Callable[[BenchResult], float | None]
     model_type: str | None = None  # the model the target is set for; None: any
     gpu: bool = False
+    precision: str | None = None  # the export precision the target is set for; None: any
 
     def format(self, value: float) -> str:
         return f"{value:.3f}x" if self.unit == "x" else f"{value:.1f} ms/image"
@@ -58,19 +59,36 @@ def _p50(result: BenchResult, mode: str, stage: str, batch: int = 1) -> float | 
     return None if record is None else record.p50_per_image_ms
 
 
+def _served_request_ratio(result: BenchResult) -> float | None:
+    return ratio(_p50(result, "triton", "request"), _p50(result, "eager", "request"))
+
+
+def _cold_start_ratio(result: BenchResult) -> float | None:
+    return result.cold_start["ratio"] if result.cold_start else None
+
+
 TARGETS = (
     Target(
         "served_request_vs_eager",
         "served request p50 / eager set_image + predict p50 (concurrency 1)",
         0.6,
         "x",
-        lambda r: ratio(_p50(r, "triton", "request"), _p50(r, "eager", "request")),
+        _served_request_ratio,
         model_type="vit_b",
+    ),
+    Target(  # issue 15: an int8 encoder on the cpu target
+        "served_request_vs_eager_int8",
+        "served request p50 / eager set_image + predict p50, int8 encoder (concurrency 1)",
+        0.30,
+        "x",
+        _served_request_ratio,
+        model_type="vit_b",
+        precision="int8",
     ),
     Target(
         "served_encoder_overhead",
         "served encoder p50 / direct ONNX Runtime encoder p50 (concurrency 1)",
-        1.10,
+        1.05,
         "x",
         lambda r: ratio(_p50(r, "triton", "encoder"), _p50(r, "onnxruntime", "encoder")),
     ),
@@ -80,6 +98,13 @@ TARGETS = (
         0.05,
         "x",
         lambda r: ratio(_p50(r, "triton", "prompt"), _p50(r, "triton", "request")),
+    ),
+    Target(
+        "cold_start",
+        "first request after ready / median of the next five (new images)",
+        1.15,
+        "x",
+        _cold_start_ratio,
     ),
     *(
         Target(
@@ -107,7 +132,7 @@ def verdicts(result: BenchResult) -> list[Verdict]:
     """A verdict per target; GPU targets only when the run had a GPU."""
     out = []
     for target in TARGETS:
-        if target.gpu and not result.has_gpu:
+        if (target.gpu and not result.has_gpu) or target.precision not in (None, result.options.get("precision")):
             continue
         measured = target.measure(result)
         notes = []

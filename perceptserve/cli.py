@@ -201,6 +201,7 @@ def cmd_bench_hqsam_automatic(args: argparse.Namespace) -> int:
         parameters=parameters_from_args(args),
         seed=args.seed,
         repositories=args.repositories,
+        precision=args.precision,
     )
     run(job, settings_module.from_env())
     print(f"results written to {args.out}/results.json and results.md")
@@ -444,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_automatic.add_argument("--models", default="vit_tiny,vit_b", help="model types, comma-separated")
     bench_automatic.add_argument("--photos", default="astronaut", help="among astronaut, coffee, chelsea")
     bench_automatic.add_argument("--seed", type=int, default=0, help="random weights' seed")
+    bench_automatic.add_argument(
+        "--precision",
+        choices=settings_module.PRECISIONS,
+        default="fp32",
+        help="of the export (int8: the served encoder is int8)",
+    )
     bench_automatic.add_argument(
         "--repositories", type=Path, help="exports to reuse, one folder per model type (default: OUT/<model>)"
     )
