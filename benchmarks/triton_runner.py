@@ -16,7 +16,8 @@ import time
 import numpy as np
 import tritonclient.grpc as grpcclient
 from perceptserve.clients.errors import ClientError
-from perceptserve.clients.hqsam import HQSamClient, _to_client_error
+from perceptserve.clients.hqsam import HQSamClient
+from perceptserve.clients.triton_io import to_client_error
 from perceptserve.model_repository import hqsam as names
 from tritonclient.utils import InferenceServerException
 
@@ -55,7 +56,7 @@ class TritonRunner(Runner):
         try:
             self.triton.infer(names.ENCODER, inputs, outputs=outputs)
         except InferenceServerException as exc:
-            raise _to_client_error(exc) from None
+            raise to_client_error(exc) from None
 
     def _segment(self, item: tuple[bytes, dict]) -> None:
         image, prompt = item

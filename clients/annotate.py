@@ -12,12 +12,12 @@ from pathlib import Path
 from PIL import Image
 
 from perceptserve.imaging import ImageError, decode_image
+from perceptserve.parsing import comma_list
 
 from . import coco
 from .dataset import depth_png, mask_of, preview
 from .datasetdm import Annotation, DatasetDMAnnotateClient
 from .errors import ClientError
-from .generate import csv
 from .overlay import draw_instances, draw_pose
 
 LOCAL_PIXEL_LIMIT = 500_000_000  # only for drawing the preview here; the server applies its own
@@ -68,7 +68,7 @@ def annotate_file(
 
 
 def annotate_command(args: argparse.Namespace) -> int:
-    classes = csv(args.classes)
+    classes = list(comma_list(args.classes))
     with DatasetDMAnnotateClient(args.url) as client:
         result, paths = annotate_file(
             client,

@@ -11,6 +11,7 @@ from perceptserve.automatic import parameters
 from perceptserve.imaging import encode_png
 
 from .errors import ClientError
+from .triton_io import infer_input
 
 OUTPUTS = [t.name for t in api.OUTPUTS]
 model_name = api.model_name  # "<family>_automatic"
@@ -35,18 +36,12 @@ def build_inputs(module, image, values: dict) -> list:
     unknown = set(values) - set(parameters.NAMES)
     if unknown:
         raise ClientError(f"unknown generator parameters: {', '.join(sorted(unknown))}")
-    inputs = [_input(module, "image", np.array([image_bytes(image)], dtype=np.object_), "BYTES")]
+    inputs = [infer_input(module, "image", np.array([image_bytes(image)], dtype=np.object_), "BYTES")]
     for name, value in values.items():
         if value is not None:
             kind = parameters.wire_type(name)
-            inputs.append(_input(module, name, np.array([value], dtype=NUMPY_TYPES[kind]), kind))
+            inputs.append(infer_input(module, name, np.array([value], dtype=NUMPY_TYPES[kind]), kind))
     return inputs
-
-
-def _input(module, name: str, array: np.ndarray, dtype: str):
-    tensor = module.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
 
 
 def _xywh(box) -> list[int]:

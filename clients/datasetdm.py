@@ -25,7 +25,7 @@ from perceptserve.model_repository import datasetdm_serving as api
 from tritonclient.utils import InferenceServerException
 
 from .errors import ClientError
-from .hqsam import _input, _to_client_error
+from .triton_io import infer_input, to_client_error, utf8_strings
 
 
 @dataclass
@@ -86,10 +86,6 @@ def _annotations(out: dict[str, np.ndarray], count: int, size: tuple[int, int]) 
     ]
 
 
-def _strings(values: Sequence[str]) -> np.ndarray:
-    return np.array([value.encode("utf-8") for value in values], dtype=np.object_)
-
-
 class _Client:
     def __init__(self, url: str, model_name: str, timeout_s: float | None) -> None:
         self.url = url
@@ -101,11 +97,13 @@ class _Client:
         """Run with the task options; reads the outputs of `tasks` (None: every served task).
         A task not served is sent as asked, for the server to refuse by name."""
         if tasks is not None:
-            inputs.append(_input(grpcclient, "tasks", _strings(tasks), "BYTES"))
+            inputs.append(infer_input(grpcclient, "tasks", utf8_strings(tasks), "BYTES"))
         if max_instances is not None:
-            inputs.append(_input(grpcclient, "max_instances", np.array([max_instances], dtype=np.int32), "INT32"))
+            inputs.append(infer_input(grpcclient, "max_instances", np.array([max_instances], dtype=np.int32), "INT32"))
         if score_threshold is not None:
-            inputs.append(_input(grpcclient, "score_threshold", np.array([score_threshold], dtype=np.float32), "FP32"))
+            inputs.append(
+                infer_input(grpcclient, "score_threshold", np.array([score_threshold], dtype=np.float32), "FP32")
+            )
         try:
             served = self.served_tasks()
             names = [
@@ -121,7 +119,7 @@ class _Client:
                 outputs=[grpcclient.InferRequestedOutput(n) for n in [*self._leading_outputs, *names]],
             )
         except InferenceServerException as exc:
-            raise _to_client_error(exc) from None
+            raise to_client_error(exc) from None
         return {name: response.as_numpy(name) for name in [*self._leading_outputs, *names]}
 
     _leading_outputs: tuple[str, ...] = ()  # outputs read whatever the tasks
@@ -132,7 +130,7 @@ class _Client:
             try:
                 metadata = self._client.get_model_metadata(self.model_name)
             except InferenceServerException as exc:
-                raise _to_client_error(exc) from None
+                raise to_client_error(exc) from None
             outputs = {output.name for output in metadata.outputs}
             self._served = [task for task, tensors in api.TASK_OUTPUTS.items() if tensors[0].name in outputs]
         return self._served
@@ -142,7 +140,7 @@ class _Client:
         try:
             return {self.model_name: list(self._client.get_model_metadata(self.model_name).versions)}
         except InferenceServerException as exc:
-            raise _to_client_error(exc) from None
+            raise to_client_error(exc) from None
 
     def wait_until_ready(self, timeout_s: float, poll_s: float = 2.0) -> None:
         """Return once the model is ready; a worker may start before the server it calls."""
@@ -190,10 +188,10 @@ class DatasetDMAnnotateClient(_Client):
         annotations to return (None: every served one); the instance limits (None: the server's,
         DatasetDM's 20 and 0.4)."""
         inputs = [
-            _input(grpcclient, "image", np.array([bytes(image)], dtype=np.object_), "BYTES"),
-            _input(grpcclient, "prompt", _strings([prompt]), "BYTES"),
-            _input(grpcclient, "class_names", _strings(class_names), "BYTES"),
-            _input(grpcclient, "seed", np.array([seed], dtype=np.int64), "INT64"),
+            infer_input(grpcclient, "image", np.array([bytes(image)], dtype=np.object_), "BYTES"),
+            infer_input(grpcclient, "prompt", utf8_strings([prompt]), "BYTES"),
+            infer_input(grpcclient, "class_names", utf8_strings(class_names), "BYTES"),
+            infer_input(grpcclient, "seed", np.array([seed], dtype=np.int64), "INT64"),
         ]
         out = self._infer(inputs, tasks, max_instances, score_threshold)
         size = _image_size(image)
@@ -227,16 +225,16 @@ class DatasetDMGenerateClient(_Client):
         """One image per seed, denoised together; the image for a seed is diffusers'
         `StableDiffusionPipeline` image for `torch.Generator("cpu").manual_seed(seed)`."""
         inputs = [
-            _input(grpcclient, "prompt", _strings([prompt]), "BYTES"),
-            _input(grpcclient, "class_names", _strings(class_names), "BYTES"),
-            _input(grpcclient, "seeds", np.array(seeds, dtype=np.int64), "INT64"),
-            _input(grpcclient, "negative_prompt", _strings([negative_prompt]), "BYTES"),
-            _input(grpcclient, "steps", np.array([steps], dtype=np.int32), "INT32"),
-            _input(grpcclient, "guidance", np.array([guidance], dtype=np.float32), "FP32"),
+            infer_input(grpcclient, "prompt", utf8_strings([prompt]), "BYTES"),
+            infer_input(grpcclient, "class_names", utf8_strings(class_names), "BYTES"),
+            infer_input(grpcclient, "seeds", np.array(seeds, dtype=np.int64), "INT64"),
+            infer_input(grpcclient, "negative_prompt", utf8_strings([negative_prompt]), "BYTES"),
+            infer_input(grpcclient, "steps", np.array([steps], dtype=np.int32), "INT32"),
+            infer_input(grpcclient, "guidance", np.array([guidance], dtype=np.float32), "FP32"),
         ]
         for name, value in (("height", height), ("width", width)):
             if value is not None:
-                inputs.append(_input(grpcclient, name, np.array([value], dtype=np.int32), "INT32"))
+                inputs.append(infer_input(grpcclient, name, np.array([value], dtype=np.int32), "INT32"))
         out = self._infer(inputs, tasks, max_instances, score_threshold)
         size = out["image"].shape[1:3]
         return [

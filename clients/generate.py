@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from perceptserve.parsing import comma_list
+
 from . import prompt_lists
 from .dataset import Dataset, RunSpec
 from .datasetdm import DatasetDMGenerateClient, Generation
 from .errors import ClientError
 from .shards import Shard
-
-
-def csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @dataclass
@@ -137,7 +135,7 @@ def generate_dataset(
 
 
 def run_spec(args: argparse.Namespace, models: dict[str, list[str]]) -> RunSpec:
-    classes = csv(args.classes or "")
+    classes = list(comma_list(args.classes))
     if args.prompts is not None:
         prompts = prompt_lists.load(args.prompts, classes[0] if classes else None)
     elif classes:

@@ -32,6 +32,7 @@ from perceptserve.imaging import encode_png
 
 from . import automatic
 from .errors import ClientError
+from .triton_io import infer_input, to_client_error
 
 OUTPUTS = [t.name for t in api.ENSEMBLE_OUTPUTS]
 
@@ -48,12 +49,6 @@ class Segmentation:
         return self.masks, self.scores, self.low_res_logits
 
 
-def _input(module, name: str, array: np.ndarray, dtype: str):
-    tensor = module.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
 def build_inputs(
     module,
     image: bytes,
@@ -67,7 +62,7 @@ def build_inputs(
     """The `hqsam` ensemble's inputs (see README, "The hqsam API"); `module` is
     `tritonclient.grpc` or its `aio` twin. Returns (inputs, single)."""
     batch = as_prompt_batch(point_coords, point_labels, box, mask_input)
-    inputs = [_input(module, "image", np.array([image], dtype=np.object_), "BYTES")]
+    inputs = [infer_input(module, "image", np.array([image], dtype=np.object_), "BYTES")]
     for name, value, dtype in (
         ("point_coords", batch.point_coords, "FP32"),
         ("point_labels", batch.point_labels, "INT32"),
@@ -75,15 +70,10 @@ def build_inputs(
         ("mask_input", batch.mask_input, "FP32"),
     ):
         if value is not None:
-            inputs.append(_input(module, name, value, dtype))
-    inputs.append(_input(module, "multimask_output", np.array([multimask_output]), "BOOL"))
-    inputs.append(_input(module, "hq_token_only", np.array([hq_token_only]), "BOOL"))
+            inputs.append(infer_input(module, name, value, dtype))
+    inputs.append(infer_input(module, "multimask_output", np.array([multimask_output]), "BOOL"))
+    inputs.append(infer_input(module, "hq_token_only", np.array([hq_token_only]), "BOOL"))
     return inputs, batch.single
-
-
-def _to_client_error(exc: InferenceServerException) -> ClientError:
-    status = (exc.status() or "").replace("StatusCode.", "") or None
-    return ClientError(exc.message() or str(exc), status)
 
 
 def _result(response) -> Segmentation:
@@ -157,7 +147,7 @@ class HQSamClient:
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
-            raise _to_client_error(exc) from None
+            raise to_client_error(exc) from None
 
     def _infer(self, inputs) -> Segmentation:
         return _result(self._request(self.model_name, inputs, OUTPUTS))
@@ -200,7 +190,7 @@ class AsyncHQSamClient:
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
-            raise _to_client_error(exc) from None
+            raise to_client_error(exc) from None
 
     async def close(self) -> None:
         await self._client.close()

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from perceptserve.model_repository import datasetdm as names
 from perceptserve.model_repository.configs import ONNX_FILE
@@ -22,6 +21,7 @@ from perceptserve.model_repository.writer import version_dir
 
 from perceptserve.datasetdm.features import GROUPS, FeatureExtractor
 from perceptserve.datasetdm.source import Diffusion
+from perceptserve.onnxruntime_session import cpu_session
 
 MIB = 1 << 20
 
@@ -98,14 +98,7 @@ class OnnxModels:
     """ONNX Runtime sessions over the repository's DatasetDM models, called by tensor name."""
 
     def __init__(self, repository: Path, models: list[str]) -> None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.sessions = {
-            name: ort.InferenceSession(
-                str(version_dir(repository, name) / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-            )
-            for name in models
-        }
+        self.sessions = {name: cpu_session(version_dir(repository, name) / ONNX_FILE, quiet=True) for name in models}
 
     def __call__(self, model: str, **feeds: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
         session = self.sessions[model]

@@ -79,7 +79,7 @@ def check_outputs_come_from_the_last_step(ensemble: ModelDefinition) -> None:
     makes it is pruned: "unexpected deadlock, at least one output is not set". With every
     output from one last step, that step always keeps a requested output and nothing is
     pruned, whatever subset is asked for. A last step that is a python model hands on the
-    tensors it only passes through (`responses.passed_through`).
+    tensors it only passes through (`inputs.passed_through`).
     """
     outputs = {tensor.name for tensor in ensemble.outputs}
     last = ensemble.steps[-1]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from perceptserve import settings as settings_module
 from perceptserve.errors import UserError
+from perceptserve.parsing import comma_list
 
 
 def cmd_export_hqsam(args: argparse.Namespace) -> int:
@@ -36,7 +37,7 @@ def cmd_export_hqsam(args: argparse.Namespace) -> int:
 def cmd_export_datasetdm(args: argparse.Namespace) -> int:
     from perceptserve.export.datasetdm import DatasetDMExport, decoder_paths, run
 
-    tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    tasks = comma_list(args.tasks)
     job = DatasetDMExport(
         repository=args.repository,
         tasks=tasks,
@@ -159,18 +160,15 @@ def cmd_bench_hqsam(args: argparse.Namespace) -> int:
     from perceptserve.benchmarks.hqsam import BenchConfigError, BenchJob, default_modes, run
     from perceptserve.benchmarks.onnxruntime_tuning import OrtTuning
 
-    def csv(text: str | None) -> tuple[str, ...]:
-        return tuple(part.strip() for part in (text or "").split(",") if part.strip())
-
     try:
-        concurrency = tuple(int(level) for level in csv(args.concurrency))
+        concurrency = tuple(int(level) for level in comma_list(args.concurrency))
     except ValueError:
         raise UserError(f"--concurrency {args.concurrency}: give integers separated by commas, e.g. 1,2,4") from None
     job = BenchJob(
         model=args.model_type,
         checkpoint=args.checkpoint,
         seed=args.seed,
-        modes=csv(args.modes) if args.modes is not None else default_modes(),
+        modes=comma_list(args.modes) if args.modes is not None else default_modes(),
         concurrency=concurrency,
         requests=args.requests,
         warmup=args.warmup,
@@ -196,8 +194,8 @@ def cmd_bench_hqsam_automatic(args: argparse.Namespace) -> int:
 
     job = AutomaticBench(
         out=args.out,
-        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
-        photos=tuple(p.strip() for p in args.photos.split(",") if p.strip()),
+        models=comma_list(args.models),
+        photos=comma_list(args.photos),
         parameters=parameters_from_args(args),
         seed=args.seed,
         repositories=args.repositories,

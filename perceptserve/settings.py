@@ -11,6 +11,8 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from .parsing import comma_list
+
 DeviceTarget = str  # "cpu" (embedded tritonserver, python backend + ONNX Runtime) or "gpu" (NGC image)
 TARGETS = ("cpu", "gpu")
 # Export precisions. int8 is for the cpu target (ONNX Runtime); the gpu target of an int8 export
@@ -181,11 +183,6 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
-def _names(text: str) -> tuple[str, ...]:
-    """A comma-separated list of names (which may hold spaces: "traffic light")."""
-    return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
 ENV_OVERRIDES = {
     "PERCEPTSERVE_MAX_IMAGE_PIXELS": ("hqsam", "max_image_pixels", int),
     "PERCEPTSERVE_ORT_THREADS": ("cpu_onnxruntime", "threads", int),
@@ -197,16 +194,16 @@ ENV_OVERRIDES = {
     "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
     "PERCEPTSERVE_API_KEY": ("server", "api_key", str),
     "PERCEPTSERVE_API_KEY_HEADER": ("server", "api_key_header", str),
-    "PERCEPTSERVE_RESTRICTED_APIS": ("server", "restricted_apis", _names),
+    "PERCEPTSERVE_RESTRICTED_APIS": ("server", "restricted_apis", comma_list),
     "PERCEPTSERVE_DATASETDM_CLASSES": (
         "datasetdm",
         "class_vocabulary",
-        _names,
+        comma_list,
     ),
     "PERCEPTSERVE_DATASETDM_INSTANCE_CATEGORIES": (
         "datasetdm",
         "instance_categories",
-        _names,
+        comma_list,
     ),
 }
 

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from perceptserve.clients.hqsam import HQSamClient
+from perceptserve.clients import HQSamClient
 from perceptserve.server import free_port
 from PIL import Image
 
@@ -98,6 +98,18 @@ def test_segment_without_a_server_is_one_line(tmp_path):
         )
     )
     assert "UNAVAILABLE" in error or "failed to connect" in error.lower()
+
+
+def test_the_public_clients_import_from_the_package():
+    """The documented API: `from perceptserve.clients import HQSamClient` and the others."""
+    import perceptserve.clients as clients
+    from perceptserve.clients import hqsam
+
+    assert clients.HQSamClient is hqsam.HQSamClient
+    assert {name for name in clients.__all__ if not hasattr(clients, name)} == set()
+    assert {"HQSamClient", "AsyncHQSamClient", "DatasetDMAnnotateClient", "DatasetDMGenerateClient"} <= set(
+        clients.__all__
+    )
 
 
 @pytest.mark.server

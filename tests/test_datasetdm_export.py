@@ -27,6 +27,7 @@ from perceptserve.datasetdm.checkpoint import CheckpointError
 from perceptserve.datasetdm.features import GROUPS, TASKS, FeatureLayout
 from perceptserve.datasetdm.layers import SegBlock, fold_spectral_norm
 from perceptserve.datasetdm.pose_decoder import read_keypoints
+from perceptserve.onnxruntime_session import cpu_session
 
 from .datasetdm_fixtures import datasetdm_state_shapes, hook_capture, random_state
 
@@ -77,11 +78,9 @@ def test_sd14_layout_is_datasetdms(tiny_export):
 
 
 def test_repository_configs_match_the_onnx_files(tiny_export):
-    import onnxruntime as ort
-
     for model in names.model_names(TASKS):
         folder = version_dir(tiny_export.repository, model)
-        session = ort.InferenceSession(str(folder / configs.ONNX_FILE), providers=["CPUExecutionProvider"])
+        session = cpu_session(folder / configs.ONNX_FILE)
         for target in ("cpu", "gpu"):
             config = configs.parse((tiny_export.repository / model / "configs" / f"{target}.pbtxt").read_text())
             assert [i.name for i in config.input] == [i.name for i in session.get_inputs()], model

@@ -11,10 +11,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-from perceptserve.clients import coco
+from perceptserve.clients import ClientError, DatasetDMAnnotateClient, DatasetDMGenerateClient, coco
 from perceptserve.clients.dataset import MANIFEST, Dataset, RunSpec, mask_of
-from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
-from perceptserve.clients.errors import ClientError
 from perceptserve.clients.generate import generate_dataset
 from perceptserve.clients.prompt_lists import single
 from PIL import Image

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import struct
 import threading
 import time
@@ -15,10 +14,8 @@ from itertools import product
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from perceptserve.clients.errors import ClientError
-from perceptserve.clients.hqsam import AsyncHQSamClient, HQSamClient
+from perceptserve.clients import AsyncHQSamClient, ClientError, HQSamClient
 from perceptserve.export.parity import mask_iou
-from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.hqsam.official import SamPredictor
@@ -152,12 +149,6 @@ def test_async_client_serves_concurrent_requests(server, small_vit, photos):
         assert mask_iou(result.masks[0], expected[0][0]) >= 0.99
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height and whose pixels are a few bytes: a bomb that a
     decoder reading pixels first would try to allocate."""
@@ -171,14 +162,14 @@ def _png_header_only(width: int, height: int) -> bytes:
     )
 
 
-GOOD_IMAGE = _png(np.full((64, 96, 3), 120, np.uint8))
+GOOD_IMAGE = encode_png(np.full((64, 96, 3), 120, np.uint8))
 POINT = {"point_coords": np.array([[[10.0, 10.0]]], np.float32), "point_labels": np.array([[1]], np.int32)}
 
 BAD_REQUESTS = {
     "non-image bytes": ({"image": b"hello, this is text"}, "not a PNG, JPEG or WebP"),
     "empty image": ({"image": b""}, "image is empty"),
     "truncated PNG": (
-        {"image": _png(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))[:400]},
+        {"image": encode_png(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))[:400]},
         "truncated or corrupt",
     ),
     "decompression bomb": ({"image": _png_header_only(60000, 60000)}, "refused as a decompression bomb"),

@@ -13,13 +13,13 @@ own request.
 """
 
 import numpy as np
-from perceptserve.model_repository.python_models import bls
-from perceptserve.model_repository.python_models.inputs import model_config, one, optional, parameters
+from perceptserve.model_repository.python_models import bls, inputs
 from perceptserve.model_repository.python_models.responses import respond, respond_each, server_error
 
 from perceptserve.automatic import parameters as generator_parameters
 from perceptserve.automatic.generator import Generator
 from perceptserve.imaging import decode_image
+from perceptserve.parsing import comma_list
 from perceptserve.settings import AutomaticLimits
 
 
@@ -29,8 +29,8 @@ class ServedModels:
     def __init__(self, config: dict) -> None:
         self.encoder = config["encoder_model"]
         self.decoder = config["decoder_model"]
-        self.features = config["encoder_outputs"].split(",")
-        self.flags = [flag for flag in config["decoder_flags"].split(",") if flag]
+        self.features = list(comma_list(config["encoder_outputs"]))
+        self.flags = list(comma_list(config["decoder_flags"]))
 
     def encode(self, image, input_size):
         feeds = {"image": image[None], "input_size": np.array([input_size], dtype=np.int64)}
@@ -52,7 +52,7 @@ class ServedModels:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = parameters(model_config(args))
+        config = inputs.parameters(inputs.model_config(args))
         self.models = ServedModels(config)
         self.max_image_pixels = int(config["max_image_pixels"])
         self.limits = AutomaticLimits(
@@ -63,8 +63,12 @@ class TritonPythonModel:
         )
 
     def _process(self, request):
-        image = decode_image(one(request, "image", kind="encoded image"), self.max_image_pixels)
-        given = {name: one(request, name) for name in generator_parameters.NAMES if optional(request, name) is not None}
+        image = decode_image(inputs.one(request, "image", kind="encoded image"), self.max_image_pixels)
+        given = {
+            name: inputs.one(request, name)
+            for name in generator_parameters.NAMES
+            if inputs.optional(request, name) is not None
+        }
         generator = Generator(
             self.models, generator_parameters.validated(given, self.limits), self.limits.upscale_chunk_pixels
         )

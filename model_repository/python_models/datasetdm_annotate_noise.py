@@ -6,14 +6,15 @@ copied into this version folder at export."""
 import os
 
 import torch
-import triton_python_backend_utils as pb_utils
 from diffusers import PNDMScheduler
+from perceptserve.model_repository.python_models import inputs
+from perceptserve.model_repository.python_models.responses import respond
 
 from perceptserve.datasetdm.sampling import annotation_latents
 
 
 def _input(request, name):
-    return torch.from_numpy(pb_utils.get_input_tensor_by_name(request, name).as_numpy())
+    return torch.from_numpy(inputs.required(request, name))
 
 
 class TritonPythonModel:
@@ -25,7 +26,7 @@ class TritonPythonModel:
         mean, std = _input(request, "latents"), _input(request, "latents_std")
         seed, timestep = int(_input(request, "noise_seed")[0]), int(_input(request, "timestep")[0])
         noisy = annotation_latents(mean, std, seed, timestep, self.alphas_cumprod)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("noisy_latents", noisy.numpy())])
+        return respond({"noisy_latents": noisy.numpy()})
 
     def execute(self, requests):
         return [self._process(request) for request in requests]

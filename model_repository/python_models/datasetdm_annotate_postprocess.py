@@ -4,27 +4,24 @@ depth bilinearly, the instance inference (`perceptserve.datasetdm.instances`) wi
 resized straight to the image size, keypoints scaled. Each output is there when its decoder was
 exported. The class scores are handed on as they are (the ensemble's last step)."""
 
-import json
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-import triton_python_backend_utils as pb_utils
-from perceptserve.model_repository.python_models.responses import pass_through_names, passed_through
+from perceptserve.model_repository.python_models import inputs
+from perceptserve.model_repository.python_models.responses import respond
 
 from perceptserve.datasetdm import instances
 
 
 def _input(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else torch.from_numpy(tensor.as_numpy())
+    value = inputs.optional(request, name)
+    return None if value is None else torch.from_numpy(value)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.candidates = int(config["parameters"]["instance_candidates"]["string_value"])
-        self.passed = pass_through_names(config)
+        config = inputs.model_config(args)
+        self.candidates = int(inputs.parameters(config)["instance_candidates"])
+        self.passed = inputs.pass_through_names(config)
 
     def _process(self, request):
         size = tuple(int(side) for side in _input(request, "original_size"))
@@ -48,10 +45,7 @@ class TritonPythonModel:
         keypoints = _input(request, "keypoints_raw")
         if keypoints is not None:
             outputs["keypoints"] = instances.scale_keypoints(keypoints.numpy(), processing_size, size)
-        return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()]
-            + passed_through(request, self.passed)
-        )
+        return respond({**outputs, **inputs.passed_through(request, self.passed)})
 
     def execute(self, requests):
         return [self._process(request) for request in requests]

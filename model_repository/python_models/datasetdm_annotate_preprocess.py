@@ -6,54 +6,40 @@ others of the same batch go on. The tokenizer is the diffusion folder's, copied 
 version folder at export.
 """
 
-import json
 import os
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
-from perceptserve.model_repository.python_models.responses import respond_each
+from perceptserve.model_repository.python_models import inputs
+from perceptserve.model_repository.python_models.responses import respond, respond_each
 from PIL import Image
 from transformers import CLIPTokenizer
 
 from perceptserve.datasetdm import validation
 from perceptserve.datasetdm.instances import category_labels
 from perceptserve.imaging import decode_image
-
-
-def _optional(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
-def _one(request, name):
-    value = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
-    if value.size != 1:
-        raise validation.RequestError(f"{name} must hold one value, got {value.size}")
-    return value[0]
+from perceptserve.parsing import comma_list
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        parameters = inputs.parameters(inputs.model_config(args))
         self.limits = validation.Limits.from_parameters(parameters)
         self.max_image_pixels = int(parameters["max_image_pixels"])
         self.timestep = int(parameters["annotation_timestep"])
         folder = os.path.join(args["model_repository"], args["model_version"], "tokenizer")
         self.tokenizer = CLIPTokenizer.from_pretrained(folder)
-        self.categories = tuple(parameters["instance_categories"].split(","))
+        self.categories = comma_list(parameters["instance_categories"])
 
     def _process(self, request):
-        image = decode_image(_one(request, "image"), self.max_image_pixels)
-        prompt = validation.text(_one(request, "prompt"), "prompt")
-        names = validation.class_names(
-            pb_utils.get_input_tensor_by_name(request, "class_names").as_numpy().reshape(-1), self.limits
-        )
-        seed = _optional(request, "seed")
+        image = decode_image(inputs.one(request, "image", kind="encoded image"), self.max_image_pixels)
+        prompt = validation.text(inputs.one(request, "prompt"), "prompt")
+        names = validation.class_names(inputs.required(request, "class_names").reshape(-1), self.limits)
+        seed = inputs.optional(request, "seed")
         seed = validation.seeds(np.zeros(1) if seed is None else seed, self.limits)[0]
         # Which tasks the caller reads is its choice of outputs; asking for one not served is refused.
-        validation.tasks(_optional(request, "tasks"), self.limits)
+        validation.tasks(inputs.optional(request, "tasks"), self.limits)
         limits = validation.instance_limits(
-            _optional(request, "max_instances"), _optional(request, "score_threshold"), self.limits
+            inputs.optional(request, "max_instances"), inputs.optional(request, "score_threshold"), self.limits
         )
         height, width = image.shape[:2]
         size = validation.processing_size(height, width, self.limits.max_side)
@@ -72,7 +58,7 @@ class TritonPythonModel:
             "instance_labels": category_labels(names, self.categories),
             "instance_limits": np.array(limits, dtype=np.float32),
         }
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
+        return respond(tensors)
 
     def execute(self, requests):
         return respond_each(requests, self._process)

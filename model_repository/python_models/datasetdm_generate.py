@@ -14,36 +14,25 @@ INVALID_ARGUMENT and does not hold up the others; a failing model call fails its
 requests with the model's message.
 """
 
-import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import triton_python_backend_utils as pb_utils
 from diffusers import PNDMScheduler
 from perceptserve.model_repository import datasetdm as exported
-from perceptserve.model_repository.python_models import bls
-from perceptserve.model_repository.python_models.responses import invalid_argument
+from perceptserve.model_repository.python_models import bls, inputs
+from perceptserve.model_repository.python_models.responses import respond, respond_each, server_error
 from transformers import CLIPTokenizer
 
 from perceptserve.datasetdm import instances, validation
 from perceptserve.datasetdm.sampling import denoise, initial_latents
+from perceptserve.parsing import comma_list
 
 GROUPS = exported.GROUPS
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
-
-
-def _optional_one(request, name, default):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return default
-    value = tensor.as_numpy().reshape(-1)
-    if value.size != 1:
-        raise validation.RequestError(f"{name} must hold one value, got {value.size}")
-    return value[0]
 
 
 @dataclass
@@ -64,13 +53,12 @@ class Job:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        parameters = inputs.parameters(inputs.model_config(args))
         self.limits = validation.Limits.from_parameters(parameters)
         self.default_side = int(parameters["default_side"])
         self.vae_scale = int(parameters["vae_scale"])
         self.latent_channels = int(parameters["latent_channels"])
-        self.categories = tuple(parameters["instance_categories"].split(","))
+        self.categories = comma_list(parameters["instance_categories"])
         self.candidates = int(parameters["instance_candidates"])
         folder = os.path.join(args["model_repository"], args["model_version"])
         self.tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
@@ -78,25 +66,22 @@ class TritonPythonModel:
 
     def _job(self, request) -> Job:
         limits = self.limits
-        prompt = validation.text(_optional_one(request, "prompt", b""), "prompt")
-        negative = validation.text(_optional_one(request, "negative_prompt", b""), "negative_prompt")
-        names = validation.class_names(
-            pb_utils.get_input_tensor_by_name(request, "class_names").as_numpy().reshape(-1), limits
-        )
-        tasks = pb_utils.get_input_tensor_by_name(request, "tasks")
-        count, threshold = (pb_utils.get_input_tensor_by_name(request, n) for n in ("max_instances", "score_threshold"))
-        count, threshold = (None if t is None else t.as_numpy() for t in (count, threshold))
-        height = validation.image_side(int(_optional_one(request, "height", self.default_side)), "height", limits)
-        width = validation.image_side(int(_optional_one(request, "width", self.default_side)), "width", limits)
+        prompt = validation.text(inputs.one(request, "prompt", b""), "prompt")
+        negative = validation.text(inputs.one(request, "negative_prompt", b""), "negative_prompt")
+        names = validation.class_names(inputs.required(request, "class_names").reshape(-1), limits)
+        tasks = inputs.optional(request, "tasks")
+        count, threshold = (inputs.optional(request, name) for name in ("max_instances", "score_threshold"))
+        height = validation.image_side(int(inputs.one(request, "height", self.default_side)), "height", limits)
+        width = validation.image_side(int(inputs.one(request, "width", self.default_side)), "width", limits)
         return Job(
             prompt_ids=validation.token_ids(self.tokenizer, prompt, "prompt"),
             negative_ids=validation.token_ids(self.tokenizer, negative, "negative_prompt", allow_empty=True),
             class_ids=np.stack([validation.token_ids(self.tokenizer, n, f"class name {n!r}") for n in names]),
-            seeds=validation.seeds(pb_utils.get_input_tensor_by_name(request, "seeds").as_numpy(), limits),
-            steps=validation.steps(int(_optional_one(request, "steps", DEFAULT_STEPS)), limits),
-            guidance=validation.guidance(float(_optional_one(request, "guidance", DEFAULT_GUIDANCE)), limits),
+            seeds=validation.seeds(inputs.required(request, "seeds"), limits),
+            steps=validation.steps(int(inputs.one(request, "steps", DEFAULT_STEPS)), limits),
+            guidance=validation.guidance(float(inputs.one(request, "guidance", DEFAULT_GUIDANCE)), limits),
             size=(height, width),
-            tasks=validation.tasks(None if tasks is None else tasks.as_numpy().reshape(-1), limits),
+            tasks=validation.tasks(None if tasks is None else tasks.reshape(-1), limits),
             instance_labels=instances.category_labels(names, self.categories),
             instance_limits=validation.instance_limits(count, threshold, limits),
         )
@@ -147,11 +132,7 @@ class TritonPythonModel:
             part = slice(start, start + count)
             start += count
             tensors = {"image": images[part], **self._annotate(job, {n: g[part] for n, g in groups.items()}, classes)}
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in tensors.items()]
-                )
-            )
+            responses.append(respond(tensors))
         return responses
 
     def _annotate(self, job, groups, class_embeddings):
@@ -185,21 +166,17 @@ class TritonPythonModel:
         return outputs
 
     def execute(self, requests):
-        responses = [None] * len(requests)
+        responses = respond_each(requests, self._job)  # a Job, or INVALID_ARGUMENT for a bad request
         loops = defaultdict(list)  # (steps, size) -> [(request index, job)]
-        for index, request in enumerate(requests):
-            try:
-                job = self._job(request)
-            except validation.RequestError as exc:
-                responses[index] = invalid_argument(exc)
-                continue
-            loops[job.steps, job.size].append((index, job))
+        for index, job in enumerate(responses):
+            if isinstance(job, Job):
+                loops[job.steps, job.size].append((index, job))
         for members in loops.values():
             indices, jobs = zip(*members, strict=True)
             try:
                 results = self._generate(list(jobs))
             except bls.ModelCallError as exc:
-                results = [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))] * len(jobs)
+                results = [server_error(str(exc))] * len(jobs)
             for index, response in zip(indices, results, strict=True):
                 responses[index] = response
         return responses

@@ -4,36 +4,24 @@ Each request is checked on its own: a bad one gets INVALID_ARGUMENT naming the p
 others of the same batch go on.
 """
 
-import json
-
 import numpy as np
-import triton_python_backend_utils as pb_utils
-from perceptserve.model_repository.python_models.responses import respond_each
+from perceptserve.model_repository.python_models import inputs
+from perceptserve.model_repository.python_models.responses import respond, respond_each
 
 from perceptserve.hqsam.geometry import resize_and_pad
-from perceptserve.hqsam.prompts import PromptError, PromptLimits, build_decoder_prompts
-from perceptserve.imaging import ImageError, decode_image, encode_png
+from perceptserve.hqsam.prompts import PromptLimits, build_decoder_prompts
+from perceptserve.imaging import decode_image, encode_png
 
 PROMPT_INPUTS = ("point_coords", "point_labels", "boxes", "mask_input")
 
 
-def _optional(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
 def _flag(request, name):
-    value = _optional(request, name)
-    if value is None:
-        return np.array([False])
-    if value.size != 1:
-        raise PromptError(f"{name} must hold one boolean, got shape {list(value.shape)}")
-    return value.reshape(1).astype(bool)
+    return np.array([bool(inputs.one(request, name, False, kind="boolean"))])
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        parameters = inputs.parameters(inputs.model_config(args))
         self.max_image_pixels = int(parameters["max_image_pixels"])
         self.limits = PromptLimits(int(parameters["max_prompt_sets"]), int(parameters["max_points"]))
         self._warm_up()
@@ -47,13 +35,10 @@ class TritonPythonModel:
         resize_and_pad(image)
 
     def _process(self, request):
-        encoded = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
-        if encoded.size != 1:
-            raise ImageError(f"image must hold one encoded image, got {encoded.size}")
-        image = decode_image(encoded.reshape(-1)[0], self.max_image_pixels)
+        image = decode_image(inputs.one(request, "image", kind="encoded image"), self.max_image_pixels)
         original_size = image.shape[:2]
         prompts = build_decoder_prompts(
-            original_size, self.limits, **{name: _optional(request, name) for name in PROMPT_INPUTS}
+            original_size, self.limits, **{name: inputs.optional(request, name) for name in PROMPT_INPUTS}
         )
         padded, input_size = resize_and_pad(image)
         tensors = {
@@ -67,7 +52,7 @@ class TritonPythonModel:
             "multimask_flag": _flag(request, "multimask_output"),
             "hq_token_only_flag": _flag(request, "hq_token_only"),
         }
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
+        return respond(tensors)
 
     def execute(self, requests):
         return respond_each(requests, self._process)

@@ -36,14 +36,27 @@ def optional(request, name: str) -> np.ndarray | None:
     return None if tensor is None else tensor.as_numpy()
 
 
-def one(request, name: str, default=_REQUIRED, *, error: type[InvalidRequest] = InvalidRequest, kind: str = "value"):
-    """The single value of input `name` (`default` when the request left it out); `error` (the
-    caller's kind of `InvalidRequest`) when it holds more or fewer."""
+def one(request, name: str, default=_REQUIRED, *, kind: str = "value"):
+    """The single value of input `name` (`default` when the request left it out); `InvalidRequest`
+    (INVALID_ARGUMENT) when it holds more or fewer."""
     value = optional(request, name)
     if value is None:
         if default is _REQUIRED:
-            raise error(f"{name} is missing")
+            raise InvalidRequest(f"{name} is missing")
         return default
     if value.size != 1:
-        raise error(f"{name} must hold one {kind}, got shape {list(value.shape)}")
+        raise InvalidRequest(f"{name} must hold one {kind}, got shape {list(value.shape)}")
     return value.reshape(-1)[0]
+
+
+def pass_through_names(config: dict) -> tuple[str, ...]:
+    """The outputs that are also inputs of the model (same name): an ensemble's last step hands
+    them on unchanged, because every output of an ensemble comes from its last step
+    (`definitions.check_outputs_come_from_the_last_step`)."""
+    names = {tensor["name"] for tensor in config["input"]}
+    return tuple(tensor["name"] for tensor in config["output"] if tensor["name"] in names)
+
+
+def passed_through(request, names) -> dict[str, np.ndarray]:
+    """The request's inputs `names`, by name, to answer as outputs of the same names."""
+    return {name: required(request, name) for name in names}

@@ -32,16 +32,3 @@ def respond_each(requests, process) -> list:
         except InvalidRequest as exc:
             responses.append(invalid_argument(exc))
     return responses
-
-
-def pass_through_names(model_config: dict) -> tuple[str, ...]:
-    """The outputs that are also inputs of the model (same name): an ensemble's last step hands
-    them on unchanged, because every output of an ensemble comes from its last step
-    (`definitions.check_outputs_come_from_the_last_step`)."""
-    inputs = {tensor["name"] for tensor in model_config["input"]}
-    return tuple(tensor["name"] for tensor in model_config["output"] if tensor["name"] in inputs)
-
-
-def passed_through(request, names) -> list:
-    """The request's inputs `names` as output tensors of the same names."""
-    return [pb_utils.Tensor(name, pb_utils.get_input_tensor_by_name(request, name).as_numpy()) for name in names]

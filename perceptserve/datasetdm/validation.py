@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from perceptserve.errors import InvalidRequest
+from perceptserve.parsing import comma_list
 
 
 class RequestError(InvalidRequest):
@@ -37,9 +38,9 @@ class Limits:
     @classmethod
     def from_parameters(cls, parameters: dict[str, str]) -> Limits:
         """The limits as `model_repository.datasetdm_serving` writes them into a config."""
-        vocabulary = tuple(name for name in parameters.get("class_vocabulary", "").split(",") if name)
+        vocabulary = comma_list(parameters.get("class_vocabulary"))
         return cls(
-            tasks=tuple(parameters["tasks"].split(",")),
+            tasks=comma_list(parameters["tasks"]),
             max_instances=int(parameters["max_instances"]),
             max_instances_limit=int(parameters["max_instances_limit"]),
             score_threshold=float(parameters["score_threshold"]),

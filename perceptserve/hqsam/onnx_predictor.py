@@ -14,21 +14,12 @@ import onnxruntime as ort
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import cpu_onnx_file
 from perceptserve.model_repository.writer import version_dir
+from perceptserve.onnxruntime_session import cpu_session
 
 from .geometry import resize_and_pad, upscale_logits
 from .prompts import PromptLimits, as_prompt_batch, build_decoder_prompts
 
 NO_LIMITS = PromptLimits(max_prompt_sets=1 << 20, max_points=1 << 20)
-
-
-def session(
-    path: Path, threads: int = 0, optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-) -> ort.InferenceSession:
-    """A CPU session; `threads` 0 is one per core, `optimization` is what the benchmark tunes."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = optimization
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxPredictor:
@@ -39,8 +30,10 @@ class OnnxPredictor:
         mask_threshold: float = 0.0,
         optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     ) -> None:
-        self.encoder = session(cpu_onnx_file(version_dir(repository, names.ENCODER)), threads, optimization)
-        self.decoder = session(cpu_onnx_file(version_dir(repository, names.DECODER)), threads, optimization)
+        self.encoder, self.decoder = (
+            cpu_session(cpu_onnx_file(version_dir(repository, model)), threads, optimization=optimization)
+            for model in (names.ENCODER, names.DECODER)
+        )
         self.mask_threshold = mask_threshold
         self.features: tuple[np.ndarray, np.ndarray] | None = None
 

@@ -1,0 +1,27 @@
+"""The one way perceptserve opens an ONNX file in ONNX Runtime on the CPU: the served `cpu`
+target's runner, the offline predictor, the parity checks and the benchmarks all build their
+sessions here, so a setting (threads, spinning, optimization level) means the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+
+def cpu_session(
+    path: str | Path,
+    threads: int = 0,
+    allow_spinning: bool = True,
+    optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    quiet: bool = False,
+) -> ort.InferenceSession:
+    """A CPU session on `path`; `threads` 0 is one per core; spinning threads can steal time from
+    busy ones on few cores (`settings.CpuOnnxRuntime`); `quiet` drops ONNX Runtime's warnings."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(allow_spinning)))
+    options.graph_optimization_level = optimization
+    if quiet:
+        options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
