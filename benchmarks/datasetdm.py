@@ -27,7 +27,7 @@ import tritonclient.grpc as grpcclient
 from perceptserve.clients.datasetdm import DatasetDMAnnotateClient, DatasetDMGenerateClient
 from perceptserve.export.datasetdm import DatasetDMExport, prepare
 from perceptserve.export.datasetdm import run as export_repository
-from perceptserve.model_repository import datasetdm as exported
+from perceptserve.model_repository import datasetdm as names
 from perceptserve.model_repository import datasetdm_serving as serving
 from perceptserve.server.launcher import TritonServer
 from skimage import data as sample_images
@@ -55,7 +55,7 @@ MODELS = (
     serving.ANNOTATE_PREPROCESS,
     serving.ANNOTATE_NOISE,
     serving.ANNOTATE_POSTPROCESS,
-    *exported.model_names(TASKS),
+    *names.model_names(TASKS),
 )
 
 

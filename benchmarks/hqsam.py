@@ -58,7 +58,7 @@ def default_modes() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class BenchJob:
-    model: str | registry.ModelConfig  # a model type, or a config (tests use small ViTs)
+    model: str | registry.Architecture  # a model type, or a config (tests use small ViTs)
     checkpoint: Path | None = None  # None: random weights from `seed`
     seed: int = 0
     modes: tuple[str, ...] = ("eager", "onnxruntime", "triton")

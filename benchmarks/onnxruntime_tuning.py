@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from perceptserve.export import onnx_io
-from perceptserve.export.parity import mask_iou, prompt_cases
+from perceptserve.export.hqsam_parity import mask_iou, prompt_cases
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import version_dir
@@ -49,6 +49,8 @@ def quantized_repository(repository: Path, folder: Path) -> Path:
     source = version_dir(repository, names.ENCODER) / ONNX_FILE
     target = version_dir(folder, names.ENCODER) / ONNX_FILE
     decoder = version_dir(folder, names.DECODER) / ONNX_FILE
+    for path in (target, decoder):
+        path.parent.mkdir(parents=True, exist_ok=True)
     decoder.unlink(missing_ok=True)
     os.symlink((version_dir(repository, names.DECODER) / ONNX_FILE).resolve(), decoder)
     onnx_io.quantize_int8(source, target)

@@ -5,7 +5,7 @@ Shared by the blocking and asyncio clients."""
 from __future__ import annotations
 
 import numpy as np
-from perceptserve.model_repository import automatic as api
+from perceptserve.model_repository import automatic as names
 
 from perceptserve.automatic import parameters
 from perceptserve.imaging import encode_png
@@ -13,8 +13,8 @@ from perceptserve.imaging import encode_png
 from .errors import ClientError
 from .triton_io import infer_input
 
-OUTPUTS = [t.name for t in api.OUTPUTS]
-model_name = api.model_name  # "<family>_automatic"
+OUTPUTS = [t.name for t in names.OUTPUTS]
+model_name = names.model_name  # "<family>_automatic"
 NUMPY_TYPES = {"BOOL": np.bool_, "INT32": np.int32, "FP32": np.float32}
 
 

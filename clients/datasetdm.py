@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from perceptserve.model_repository import datasetdm_serving as api
+from perceptserve.model_repository import datasetdm_serving as serving
 from tritonclient.utils import InferenceServerException
 
 from .errors import ClientError
@@ -110,7 +110,7 @@ class _Client:
                 t.name
                 for task in (served if tasks is None else tasks)
                 if task in served
-                for t in api.TASK_OUTPUTS[task]
+                for t in serving.TASK_OUTPUTS[task]
             ]
             response = self._client.infer(
                 self.model_name,
@@ -132,7 +132,7 @@ class _Client:
             except InferenceServerException as exc:
                 raise to_client_error(exc) from None
             outputs = {output.name for output in metadata.outputs}
-            self._served = [task for task, tensors in api.TASK_OUTPUTS.items() if tensors[0].name in outputs]
+            self._served = [task for task, tensors in serving.TASK_OUTPUTS.items() if tensors[0].name in outputs]
         return self._served
 
     def model_versions(self) -> dict[str, list[str]]:
@@ -169,7 +169,7 @@ class DatasetDMAnnotateClient(_Client):
     """The `datasetdm_annotate` ensemble: a real image -> its class map (and depth)."""
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", model_name: str = api.ANNOTATE, timeout_s: float | None = None
+        self, url: str = "127.0.0.1:8001", model_name: str = serving.ANNOTATE, timeout_s: float | None = None
     ) -> None:
         super().__init__(url, model_name, timeout_s)
 
@@ -204,7 +204,7 @@ class DatasetDMGenerateClient(_Client):
     _leading_outputs = ("image",)
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", model_name: str = api.GENERATE, timeout_s: float | None = None
+        self, url: str = "127.0.0.1:8001", model_name: str = serving.GENERATE, timeout_s: float | None = None
     ) -> None:
         super().__init__(url, model_name, timeout_s)
 

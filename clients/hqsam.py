@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from perceptserve.model_repository import hqsam as api
+from perceptserve.model_repository import hqsam as names
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.hqsam.prompts import as_prompt_batch
@@ -34,7 +34,7 @@ from . import automatic
 from .errors import ClientError
 from .triton_io import infer_input, to_client_error
 
-OUTPUTS = [t.name for t in api.ENSEMBLE_OUTPUTS]
+OUTPUTS = [t.name for t in names.ENSEMBLE_OUTPUTS]
 
 
 @dataclass
@@ -89,7 +89,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 class HQSamClient:
     def __init__(
-        self, url: str = "127.0.0.1:8001", model_name: str = api.ENSEMBLE, timeout_s: float | None = None
+        self, url: str = "127.0.0.1:8001", model_name: str = names.ENSEMBLE, timeout_s: float | None = None
     ) -> None:
         self.url = url
         self.model_name = model_name
@@ -166,7 +166,7 @@ class AsyncHQSamClient:
     """asyncio variant: `await client.segment(image_bytes, point_coords=..., ...)`."""
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", model_name: str = api.ENSEMBLE, timeout_s: float | None = None
+        self, url: str = "127.0.0.1:8001", model_name: str = names.ENSEMBLE, timeout_s: float | None = None
     ) -> None:
         self.model_name = model_name
         self.timeout_s = timeout_s

@@ -26,7 +26,7 @@ from perceptserve.model_repository.writer import version_dir, write_models
 from skimage import data as sample_images
 from skimage.transform import resize as resize_image
 
-from perceptserve.datasetdm import checkpoint, export_modules, layers, tiny
+from perceptserve.datasetdm import checkpoint_loading, export_modules, layers, tiny
 from perceptserve.datasetdm.coco_names import COCO_CATEGORIES
 from perceptserve.datasetdm.depth_decoder import DepthConfig, DepthDecoder
 from perceptserve.datasetdm.features import GROUPS, TASKS, FeatureExtractor
@@ -117,14 +117,14 @@ def build_decoder(task: str, diffusion: Diffusion, job: DatasetDMExport) -> Deco
     config = getattr(job, task) or (tiny_config if job.diffusion is None else default)
     if hasattr(config, "context_dim") and job.diffusion is not None and getattr(job, task) is None:
         config = dataclasses.replace(config, context_dim=diffusion.text_width)
-    state = checkpoint.read_state_dict(job.decoders[task], "decoder checkpoint") if job.decoders else None
+    state = checkpoint_loading.read_state_dict(job.decoders[task], "decoder checkpoint") if job.decoders else None
     if state is not None and hasattr(config, "with_checkpoint_shapes"):
         config = config.with_checkpoint_shapes(state)
     config = dataclasses.replace(config, image_scale=diffusion.vae_scale)
     torch.manual_seed(job.seed + TASKS.index(task))
     decoder = kind(diffusion.layout, config)
     if state is not None:
-        checkpoint.load_strict(decoder, state, f"{task} decoder")
+        checkpoint_loading.load_strict(decoder, state, f"{task} decoder")
     return decoder.eval().requires_grad_(False)
 
 
@@ -176,52 +176,45 @@ def export_models(models: Models, job: DatasetDMExport, steps: Steps) -> dict[st
     """Every model to `<repository>/<model>/1/model.onnx`, batch and image size dynamic."""
     diffusion, extractor, decoders = models.diffusion, models.extractor, models.decoders
     shapes = exported_shapes(diffusion, decoders)
-    dynamic = torch.export.Dim.AUTO
-    batch, image = {0: dynamic}, {0: dynamic, 2: dynamic, 3: dynamic}
     height, width = (side // diffusion.vae_scale for side in job.parity_size)
     latents = torch.randn(2, shapes.latent_channels, height, width)
     # Distinct tensors for distinct inputs: the exporter merges inputs given the same tensor.
     text, uncond = (torch.randn(2, diffusion.tokens, diffusion.text_width) for _ in range(2))
     timestep = torch.tensor([1, 501])
+    # Example inputs by name; their names, and the dynamic axes (every -1 dim: batch, image
+    # size), come from the model repository's definitions (`names.io`).
     modules = {
         names.TEXT_ENCODER: (
             export_modules.TextEncoder(diffusion.text_encoder),
-            (diffusion.token_ids(["a cat", "a dog"]),),
-            {"input_ids": batch},
+            {"input_ids": diffusion.token_ids(["a cat", "a dog"])},
         ),
         names.UNET: (
             export_modules.Denoiser(diffusion.unet),
-            (latents, timestep, text),
-            {"sample": image, "timestep": batch, "encoder_hidden_states": batch},
+            {"sample": latents, "timestep": timestep, "encoder_hidden_states": text},
         ),
-        names.VAE_ENCODER: (
-            export_modules.VaeEncoder(diffusion.vae),
-            (torch.randn(2, 3, *job.parity_size),),
-            {"image": image},
-        ),
-        names.VAE_DECODER: (export_modules.VaeDecoder(diffusion.vae), (latents,), {"latents": image}),
+        names.VAE_ENCODER: (export_modules.VaeEncoder(diffusion.vae), {"image": torch.randn(2, 3, *job.parity_size)}),
+        names.VAE_DECODER: (export_modules.VaeDecoder(diffusion.vae), {"latents": latents}),
         names.FEATURES: (
             extractor,
-            (latents, timestep, text, uncond),
-            {"latents": image, "timestep": batch, "text_embeddings": batch, "uncond_embeddings": batch},
+            {"latents": latents, "timestep": timestep, "text_embeddings": text, "uncond_embeddings": uncond},
         ),
     }
     for task, decoder in decoders.items():
-        levels = [2 ** extractor.layout.level(group) for group in GROUPS]
-        args = tuple(torch.randn(2, decoder.config.width, height // level, width // level) for level in levels)
-        axes = {group: image for group in GROUPS}
+        example = {}
+        for group in GROUPS:
+            level = 2 ** extractor.layout.level(group)
+            example[group] = torch.randn(2, decoder.config.width, height // level, width // level)
         if task == "semantic":  # three class names, so that the exporter keeps them apart from the batch
-            args += (torch.randn(3, diffusion.tokens, diffusion.text_width),)
-            axes["class_embeddings"] = batch
-        modules[names.DECODERS[task]] = (layers.fold_spectral_norm(copy.deepcopy(decoder)), args, axes)
+            example["class_embeddings"] = torch.randn(3, diffusion.tokens, diffusion.text_width)
+        modules[names.DECODERS[task]] = (layers.fold_spectral_norm(copy.deepcopy(decoder)), example)
 
     paths = {}
     with torch.no_grad():
-        for model, (module, args, axes) in modules.items():
+        for model, (module, example) in modules.items():
             inputs, outputs = names.io(model, shapes)
             path = version_dir(job.repository, model) / ONNX_FILE
             with steps.step(f"exporting {model} to ONNX"):
-                onnx_io.export(module.eval(), args, path, [t.name for t in inputs], [t.name for t in outputs], axes)
+                onnx_io.export(module.eval(), example, path, inputs, outputs)
             (path.parent / PLAN_FILE).unlink(missing_ok=True)  # a stale engine must not outlive its model
             paths[model] = path
     return paths
@@ -250,6 +243,7 @@ def copy_serving_assets(source: Path, repository: Path) -> None:
     for model, assets in serving.ASSETS.items():
         for asset in assets:
             target = version_dir(repository, model) / asset
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(target, ignore_errors=True)
             if (source / asset).is_dir():
                 shutil.copytree(source / asset, target)

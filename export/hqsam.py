@@ -19,12 +19,12 @@ from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
 from perceptserve.model_repository.writer import version_dir, write_models
 
-from perceptserve.hqsam import checkpoint, registry
+from perceptserve.hqsam import checkpoint_loading, registry
 from perceptserve.hqsam.export_modules import ImageEncoder, PromptDecoder
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 from perceptserve.settings import Settings
 
-from . import onnx_io, parity, tensorrt
+from . import hqsam_parity, onnx_io, tensorrt
 from .progress import Steps
 
 PRECISION_STEPS = {
@@ -35,14 +35,14 @@ PRECISION_STEPS = {
 
 @dataclasses.dataclass(frozen=True)
 class HQSamExport:
-    model: str | registry.ModelConfig
+    model: str | registry.Architecture
     repository: Path
     checkpoint: Path | None = None  # None: random weights from `seed`
     seed: int = 0
     precision: str = "fp32"  # one of settings.PRECISIONS
     tensorrt: bool = False
     allow_missing_hq: bool = False
-    parity_image: np.ndarray | None = None  # default: `parity.photos(precision)`
+    parity_image: np.ndarray | None = None  # default: `hqsam_parity.photos(precision)`
 
 
 def load_model(job: HQSamExport):
@@ -59,48 +59,52 @@ def load_model(job: HQSamExport):
     if job.checkpoint is None:
         registry.randomize_(sam, job.seed)
     else:
-        state = checkpoint.read_state_dict(job.checkpoint)
-        checkpoint.load_strict(sam, state, allow_missing_hq=job.allow_missing_hq)
+        state = checkpoint_loading.read_state_dict(job.checkpoint)
+        checkpoint_loading.load_strict(sam, state, allow_missing_hq=job.allow_missing_hq)
     return sam.eval()
 
 
+# The bounds of the decoder's named dynamic axes (`names.DECODER_INPUTS`); zero points is a box
+# or mask prompt alone.
+DECODER_BOUNDS = {
+    names.PROMPT_SETS: torch.export.Dim(names.PROMPT_SETS, min=1, max=1024),
+    names.POINTS: torch.export.Dim(names.POINTS, min=0, max=1024),
+}
+
+
 def export_encoder(sam, path: Path) -> Path:
-    batch = torch.export.Dim("batch", min=1, max=64)
-    example = (torch.zeros(2, 1024, 1024, 3, dtype=torch.uint8), torch.tensor([[1024, 768], [683, 1024]]))
+    example = {
+        "image": torch.zeros(2, 1024, 1024, 3, dtype=torch.uint8),
+        "input_size": torch.tensor([[1024, 768], [683, 1024]]),
+    }
     return onnx_io.export(
         ImageEncoder(sam).eval(),
         example,
         path,
-        input_names=[t.name for t in names.ENCODER_INPUTS],
-        output_names=[t.name for t in names.ENCODER_OUTPUTS],
-        dynamic_shapes={"image": {0: batch}, "input_size": {0: batch}},
+        names.ENCODER_INPUTS,
+        names.ENCODER_OUTPUTS,
+        batch=torch.export.Dim("batch", min=1, max=64),
     )
 
 
 def export_decoder(sam, path: Path) -> Path:
-    sets, points = torch.export.Dim("prompt_sets", min=1, max=1024), torch.export.Dim("points", min=0, max=1024)
-    n, p = 3, 4
-    example = (
-        torch.zeros(1, 256, 64, 64),
-        torch.zeros(1, 32, 256, 256),
-        torch.rand(n, p, 2) * 1024,
-        torch.tensor([[1.0, 0.0, 2.0, 3.0]] * n),
-        torch.zeros(n, 1, 256, 256),
-        torch.tensor([0.0]),
-        torch.tensor([False]),
-        torch.tensor([False]),
-    )
+    sets, points = 3, 4
+    example = {
+        "image_embeddings": torch.zeros(1, 256, 64, 64),
+        "hq_features": torch.zeros(1, 32, 256, 256),
+        "point_coords": torch.rand(sets, points, 2) * 1024,
+        "point_labels": torch.tensor([[1.0, 0.0, 2.0, 3.0]] * sets),
+        "mask_input": torch.zeros(sets, 1, 256, 256),
+        "has_mask_input": torch.tensor([0.0]),
+        "multimask_output": torch.tensor([False]),
+        "hq_token_only": torch.tensor([False]),
+    }
     return onnx_io.export(
-        PromptDecoder(sam).eval(),
-        example,
-        path,
-        input_names=[t.name for t in names.DECODER_INPUTS],
-        output_names=[t.name for t in names.DECODER_OUTPUTS],
-        dynamic_shapes=(None, None, {0: sets, 1: points}, {0: sets, 1: points}, {0: sets}, None, None, None),
+        PromptDecoder(sam).eval(), example, path, names.DECODER_INPUTS, names.DECODER_OUTPUTS, DECODER_BOUNDS
     )
 
 
-def run(job: HQSamExport, settings: Settings) -> parity.ParityReport:
+def run(job: HQSamExport, settings: Settings) -> hqsam_parity.ParityReport:
     """Export, write the repository, check parity; returns the report (the CLI sets the exit code)."""
     if job.tensorrt:
         tensorrt.require_tensorrt()  # fail before minutes of export, not after
@@ -133,6 +137,6 @@ def run(job: HQSamExport, settings: Settings) -> parity.ParityReport:
     with steps.step("writing the model repository configs (cpu and gpu)"):
         write_models(job.repository, names.definitions(settings), settings)
     with steps.step("parity check against the official SamPredictor"):
-        photos = parity.photos(job.precision) if job.parity_image is None else {"given": job.parity_image}
+        photos = hqsam_parity.photos(job.precision) if job.parity_image is None else {"given": job.parity_image}
         with torch.no_grad():
-            return parity.check(sam, OnnxPredictor(job.repository), photos, job.precision)
+            return hqsam_parity.check(sam, OnnxPredictor(job.repository), photos, job.precision)

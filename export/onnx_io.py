@@ -7,12 +7,13 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import onnx
 import torch
 from perceptserve.model_repository.configs import INT8_ONNX_FILE, PLAN_FILE
+from perceptserve.model_repository.definitions import Tensor
 
 # Protobuf's hard limit is 2 GiB; stay well under it (vit_h's encoder is about 2.5 GB in fp32).
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000
@@ -26,15 +27,53 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+def dynamic_shapes(
+    inputs: tuple[Tensor, ...], bounds: Mapping[str, torch.export.Dim] | None = None, batch=None
+) -> dict[str, dict[int, object] | None]:
+    """Each input's dynamic axes, read from its definition: `batch` at axis 0 for a model that
+    batches (its dims leave the batch out), then its -1 dims, bounded by `bounds[name]` where
+    `Tensor.axes` names them, `Dim.AUTO` otherwise."""
+    shapes = {}
+    offset = 0 if batch is None else 1
+    for tensor in inputs:
+        variable = [index for index, size in enumerate(tensor.dims) if size == -1]
+        if tensor.axes and len(tensor.axes) != len(variable):
+            raise ValueError(f"{tensor.name}: axes {tensor.axes} do not name its -1 dims {tensor.dims}")
+        axes = {} if batch is None else {0: batch}
+        for position, index in enumerate(variable):
+            axes[offset + index] = (bounds or {})[tensor.axes[position]] if tensor.axes else torch.export.Dim.AUTO
+        shapes[tensor.name] = axes or None
+    return shapes
+
+
+def check_example(example: Mapping[str, torch.Tensor], inputs: tuple[Tensor, ...], batched: bool = False) -> tuple:
+    """The example's tensors in the definition's order, after checking that it names exactly the
+    defined inputs and that their fixed dims agree; positional arguments for the export."""
+    if list(example) != [tensor.name for tensor in inputs]:
+        raise ValueError(f"example inputs {list(example)} are not the defined {[t.name for t in inputs]}")
+    for tensor in inputs:
+        shape = tuple(example[tensor.name].shape)[1 if batched else 0 :]
+        if len(shape) != len(tensor.dims) or any(d not in (-1, s) for d, s in zip(tensor.dims, shape, strict=True)):
+            raise ValueError(f"example {tensor.name} has shape {shape}, defined as {tensor.dims}")
+    return tuple(example.values())
+
+
 def export(
     module: torch.nn.Module,
-    args: tuple,
+    example: Mapping[str, torch.Tensor],
     path: Path,
-    input_names: list[str],
-    output_names: list[str],
-    dynamic_shapes,
+    inputs: tuple[Tensor, ...],
+    outputs: tuple[Tensor, ...],
+    bounds: Mapping[str, torch.export.Dim] | None = None,
+    batch=None,
 ) -> Path:
-    """Export `module` with torch's dynamo exporter to `path` (and `path.data` when large)."""
+    """Export `module` with torch's dynamo exporter to `path` (and `path.data` when large).
+
+    `example` is keyed by input name, as segment-anything's export keys its dummy inputs; the
+    graph's input and output names and dynamic axes come from the definitions `inputs` and
+    `outputs`, the same ones the model repository's configs are rendered from; `bounds` and
+    `batch` as in `dynamic_shapes`."""
+    args = check_example(example, inputs, batched=batch is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (path, path.with_name(path.name + ".data")):
         stale.unlink(missing_ok=True)
@@ -45,9 +84,9 @@ def export(
             module,
             args,
             dynamo=True,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_shapes=dynamic_shapes,
+            input_names=[tensor.name for tensor in inputs],
+            output_names=[tensor.name for tensor in outputs],
+            dynamic_shapes=dynamic_shapes(inputs, bounds, batch),
             verbose=False,
         )
     program.save(str(path), external_data=parameter_bytes(module) > EXTERNAL_DATA_THRESHOLD)

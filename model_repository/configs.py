@@ -11,7 +11,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from perceptserve.settings import GpuOnnxRuntime, Settings
+from perceptserve.settings import DeploymentTarget, GpuOnnxRuntime, Settings
 
 from .definitions import DynamicBatching, ModelDefinition, Runtime, Tensor
 
@@ -97,9 +97,14 @@ def _set_dynamic_batching(config: mc.ModelConfig, batching: DynamicBatching) -> 
 
 
 def render(
-    definition: ModelDefinition, target: str, settings: Settings, *, has_plan: bool = False, cpu_file: str = ONNX_FILE
+    definition: ModelDefinition,
+    target: DeploymentTarget | str,
+    settings: Settings,
+    *,
+    has_plan: bool = False,
+    cpu_file: str = ONNX_FILE,
 ) -> mc.ModelConfig:
-    """The config of `definition` on `target` ("cpu" or "gpu")."""
+    """The config of `definition` on `target` (cpu or gpu)."""
     config = mc.ModelConfig(name=definition.name, max_batch_size=definition.max_batch_size)
     for tensor in definition.inputs:
         _tensor(config.input.add(), tensor)
@@ -112,7 +117,7 @@ def render(
         _set_ensemble(config, definition)
         return config
 
-    on_gpu = target == "gpu" and definition.runtime is Runtime.ONNX
+    on_gpu = DeploymentTarget(target) is DeploymentTarget.GPU and definition.runtime is Runtime.ONNX
     _set_backend(config, definition, on_gpu, settings, has_plan, cpu_file)
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU

@@ -111,7 +111,8 @@ def decoder_io(task: str, shapes: ExportedShapes):
 
 
 def io(model: str, shapes: ExportedShapes):
-    """(inputs, outputs) of a model by name; the ONNX export uses the same names."""
+    """(inputs, outputs) of a model by name; the ONNX export reads its input and output names and
+    dynamic axes (every -1 dim) from these (`export.onnx_io`)."""
     tables = {
         TEXT_ENCODER: text_encoder_io,
         UNET: unet_io,

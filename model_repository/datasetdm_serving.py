@@ -25,7 +25,7 @@ from __future__ import annotations
 from perceptserve.datasetdm.coco_names import COCO_CATEGORIES
 from perceptserve.settings import Settings
 
-from . import datasetdm as exported
+from . import datasetdm as names
 from .definitions import EnsembleStep, ModelDefinition, Runtime, Tensor
 
 ANNOTATE = "datasetdm_annotate"
@@ -77,12 +77,12 @@ TASK_OUTPUTS = {
         Tensor("instance_scores", "FP32", (-1,)),
         Tensor("instance_boxes", "FP32", (-1, 4)),
     ),
-    "pose": (Tensor("keypoints", "FP32", (-1, exported.KEYPOINTS, 3)),),
+    "pose": (Tensor("keypoints", "FP32", (-1, names.KEYPOINTS, 3)),),
 }
 
 
 def annotation_outputs(tasks) -> tuple[Tensor, ...]:
-    return tuple(tensor for task in exported.DECODERS if task in tasks for tensor in TASK_OUTPUTS[task])
+    return tuple(tensor for task in names.DECODERS if task in tasks for tensor in TASK_OUTPUTS[task])
 
 
 def generate_outputs(tasks) -> tuple[Tensor, ...]:
@@ -99,7 +99,7 @@ def _limits(settings: Settings, max_side: int, tasks) -> dict[str, str]:
         "max_generations": str(serving.max_generations),
         "max_side": str(max_side),
         "class_vocabulary": ",".join(serving.class_vocabulary),
-        "tasks": ",".join(task for task in exported.DECODERS if task in tasks),
+        "tasks": ",".join(task for task in names.DECODERS if task in tasks),
         "max_instances": str(serving.max_instances),
         "max_instances_limit": str(serving.max_instances_limit),
         "score_threshold": str(serving.score_threshold),
@@ -107,9 +107,9 @@ def _limits(settings: Settings, max_side: int, tasks) -> dict[str, str]:
     }
 
 
-def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]:
+def _annotate_steps(shapes: names.ExportedShapes) -> tuple[EnsembleStep, ...]:
     tasks = shapes.widths
-    groups = {f"{task}_{group}": f"{task}_{group}" for task in tasks for group in exported.GROUPS}
+    groups = {f"{task}_{group}": f"{task}_{group}" for task in tasks for group in names.GROUPS}
     steps = [
         EnsembleStep(
             ANNOTATE_PREPROCESS,
@@ -128,11 +128,11 @@ def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]
                 )
             },
         ),
-        EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "input_ids"}, {"text_embeddings": "text_embeddings"}),
-        EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "uncond_ids"}, {"text_embeddings": "uncond_embeddings"}),
-        EnsembleStep(exported.TEXT_ENCODER, {"input_ids": "class_ids"}, {"text_embeddings": "class_embeddings"}),
+        EnsembleStep(names.TEXT_ENCODER, {"input_ids": "input_ids"}, {"text_embeddings": "text_embeddings"}),
+        EnsembleStep(names.TEXT_ENCODER, {"input_ids": "uncond_ids"}, {"text_embeddings": "uncond_embeddings"}),
+        EnsembleStep(names.TEXT_ENCODER, {"input_ids": "class_ids"}, {"text_embeddings": "class_embeddings"}),
         EnsembleStep(
-            exported.VAE_ENCODER, {"image": "vae_image"}, {"latents": "clean_latents", "latents_std": "latents_std"}
+            names.VAE_ENCODER, {"image": "vae_image"}, {"latents": "clean_latents", "latents_std": "latents_std"}
         ),
         EnsembleStep(
             ANNOTATE_NOISE,
@@ -145,7 +145,7 @@ def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]
             {"noisy_latents": "noisy_latents"},
         ),
         EnsembleStep(
-            exported.FEATURES,
+            names.FEATURES,
             {
                 "latents": "noisy_latents",
                 "timestep": "timestep",
@@ -163,23 +163,23 @@ def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]
     }
     post_outputs = {"class_map": "class_map", "class_scores": "class_scores"}
     if "semantic" in tasks:
-        inputs = {group: f"semantic_{group}" for group in exported.GROUPS} | {"class_embeddings": "class_embeddings"}
+        inputs = {group: f"semantic_{group}" for group in names.GROUPS} | {"class_embeddings": "class_embeddings"}
         outputs = {"class_map": "class_map_raw", "class_scores": "class_scores_raw"}
-        steps.append(EnsembleStep(exported.DECODERS["semantic"], inputs, outputs))
+        steps.append(EnsembleStep(names.DECODERS["semantic"], inputs, outputs))
     if "depth" in tasks:
-        inputs = {group: f"depth_{group}" for group in exported.GROUPS}
-        steps.append(EnsembleStep(exported.DECODERS["depth"], inputs, {"depth": "depth_raw"}))
+        inputs = {group: f"depth_{group}" for group in names.GROUPS}
+        steps.append(EnsembleStep(names.DECODERS["depth"], inputs, {"depth": "depth_raw"}))
         post_inputs["depth_raw"] = "depth_raw"
         post_outputs["depth"] = "depth"
     if "instance" in tasks:
-        inputs = {group: f"instance_{group}" for group in exported.GROUPS}
+        inputs = {group: f"instance_{group}" for group in names.GROUPS}
         outputs = {"class_logits": "instance_class_logits", "mask_logits": "instance_mask_logits"}
-        steps.append(EnsembleStep(exported.DECODERS["instance"], inputs, outputs))
+        steps.append(EnsembleStep(names.DECODERS["instance"], inputs, outputs))
         post_inputs |= {name: name for name in (*outputs.values(), "instance_labels", "instance_limits")}
         post_outputs |= {t.name: t.name for t in TASK_OUTPUTS["instance"]}
     if "pose" in tasks:
-        inputs = {group: f"pose_{group}" for group in exported.GROUPS}
-        steps.append(EnsembleStep(exported.DECODERS["pose"], inputs, {"keypoints": "keypoints_raw"}))
+        inputs = {group: f"pose_{group}" for group in names.GROUPS}
+        steps.append(EnsembleStep(names.DECODERS["pose"], inputs, {"keypoints": "keypoints_raw"}))
         post_inputs["keypoints_raw"] = "keypoints_raw"
         post_outputs["keypoints"] = "keypoints"
     steps.append(EnsembleStep(ANNOTATE_POSTPROCESS, post_inputs, post_outputs))
@@ -188,7 +188,7 @@ def _annotate_steps(shapes: exported.ExportedShapes) -> tuple[EnsembleStep, ...]
 
 def definitions(
     settings: Settings,
-    shapes: exported.ExportedShapes,
+    shapes: names.ExportedShapes,
     default_side: int,
     vae_scale: int,
     instance_candidates: int = 100,
@@ -218,7 +218,7 @@ def definitions(
         )
         post_outputs += TASK_OUTPUTS["instance"]
     if "pose" in tasks:
-        post_inputs += (Tensor("keypoints_raw", "FP32", (-1, exported.KEYPOINTS, 3)),)
+        post_inputs += (Tensor("keypoints_raw", "FP32", (-1, names.KEYPOINTS, 3)),)
         post_outputs += TASK_OUTPUTS["pose"]
     return [
         ModelDefinition(

@@ -13,10 +13,23 @@ from perceptserve.settings import InstanceCounts
 
 @dataclass(frozen=True)
 class Tensor:
+    """One input or output, defined once: the model repository's config and the ONNX export's
+    input names, example shapes and dynamic axes (`export.onnx_io`) are all read from it.
+
+    Args:
+        name: the tensor's name in Triton and in the ONNX graph (the exported module's argument name).
+        dtype: Triton's name without TYPE_: FP32, FP16, INT32, INT64, UINT8, BOOL, STRING.
+        dims: without the batch dimension when the model batches; -1 where the size varies.
+        optional: a request may leave the input out.
+        axes: names of the -1 dims, in order, where the export gives them bounds (HQ-SAM's
+            prompt sets and points); unnamed -1 dims are exported as automatic dynamic dims.
+    """
+
     name: str
-    dtype: str  # Triton's name without TYPE_: FP32, FP16, INT32, INT64, UINT8, BOOL, STRING
-    dims: tuple[int, ...]  # without the batch dimension when the model batches
+    dtype: str
+    dims: tuple[int, ...]
     optional: bool = False
+    axes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

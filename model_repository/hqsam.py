@@ -42,7 +42,9 @@ ENSEMBLE_OUTPUTS = (
     Tensor("low_res_logits", "FP32", (-1, 1, 256, 256)),
 )
 
-# The encoder's and decoder's tensors; the ONNX export uses the same names.
+# The encoder's and decoder's tensors: the ONNX export's inputs, example shapes and dynamic axes
+# are read from these (`export.hqsam`), so the graph and the config cannot drift apart.
+PROMPT_SETS, POINTS = "prompt_sets", "points"
 ENCODER_INPUTS = (Tensor("image", "UINT8", (1024, 1024, 3)), Tensor("input_size", "INT64", (2,)))
 ENCODER_OUTPUTS = (
     Tensor("image_embeddings", "FP32", (256, 64, 64)),
@@ -51,9 +53,9 @@ ENCODER_OUTPUTS = (
 DECODER_INPUTS = (
     Tensor("image_embeddings", "FP32", (1, 256, 64, 64)),
     Tensor("hq_features", "FP32", (1, 32, 256, 256)),
-    Tensor("point_coords", "FP32", (-1, -1, 2)),
-    Tensor("point_labels", "FP32", (-1, -1)),
-    Tensor("mask_input", "FP32", (-1, 1, 256, 256)),
+    Tensor("point_coords", "FP32", (-1, -1, 2), axes=(PROMPT_SETS, POINTS)),
+    Tensor("point_labels", "FP32", (-1, -1), axes=(PROMPT_SETS, POINTS)),
+    Tensor("mask_input", "FP32", (-1, 1, 256, 256), axes=(PROMPT_SETS,)),
     Tensor("has_mask_input", "FP32", (1,)),
     Tensor("multimask_output", "BOOL", (1,)),
     Tensor("hq_token_only", "BOOL", (1,)),

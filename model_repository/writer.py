@@ -11,7 +11,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from perceptserve.settings import TARGETS, Settings
+from perceptserve.settings import DeploymentTarget, Settings
 
 from . import configs
 from .definitions import ModelDefinition, Runtime
@@ -21,9 +21,8 @@ ONNX_RUNNER = "onnx_runner.py"
 
 
 def version_dir(repository: Path, model: str) -> Path:
-    path = Path(repository) / model / VERSION
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where `model`'s files live; only a path (readers must not create folders)."""
+    return Path(repository) / model / VERSION
 
 
 def _python_source(name: str) -> Path:
@@ -35,6 +34,7 @@ def write_models(repository: Path, definitions: list[ModelDefinition], settings:
     written = []
     for definition in definitions:
         folder = version_dir(repository, definition.name)
+        folder.mkdir(parents=True, exist_ok=True)
         source = definition.python_source if definition.runtime is Runtime.PYTHON else None
         if definition.runtime is Runtime.ONNX:
             if not (folder / configs.ONNX_FILE).exists():
@@ -46,8 +46,8 @@ def write_models(repository: Path, definitions: list[ModelDefinition], settings:
         cpu_file = configs.cpu_onnx_file(folder).name
         config_dir = Path(repository) / definition.name / "configs"
         config_dir.mkdir(parents=True, exist_ok=True)
-        for target in TARGETS:
-            path = config_dir / f"{target}.pbtxt"
+        for target in DeploymentTarget:
+            path = config_dir / f"{target.value}.pbtxt"
             path.write_text(
                 configs.to_text(configs.render(definition, target, settings, has_plan=has_plan, cpu_file=cpu_file))
             )

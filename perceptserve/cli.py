@@ -13,6 +13,7 @@ from pathlib import Path
 
 from perceptserve import settings as settings_module
 from perceptserve.errors import UserError
+from perceptserve.model_types import HQSAM_MODEL_TYPES
 from perceptserve.parsing import comma_list
 
 
@@ -212,9 +213,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-HQSAM_MODEL_TYPES = ["vit_tiny", "vit_b", "vit_l", "vit_h"]
-
-
 def _add_hqsam_model_arguments(parser: argparse.ArgumentParser) -> None:
     """`--model-type` and where the weights come from: a checkpoint, or seeded random values."""
     parser.add_argument("--model-type", required=True, choices=HQSAM_MODEL_TYPES)
@@ -239,12 +237,15 @@ def _add_annotation_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perceptserve", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_url_argument(parser: argparse.ArgumentParser) -> None:
+    """`--url`: the gRPC endpoint of a running server, by default the local one's."""
+    parser.add_argument(
+        "--url", default=f"127.0.0.1:{settings_module.ServerSettings().grpc_port}", help="gRPC HOST:PORT"
+    )
 
-    export = commands.add_parser("export", help="export a model family into a Triton model repository")
-    families = export.add_subparsers(dest="family", required=True)
+
+def _add_export_hqsam(families: argparse._SubParsersAction) -> None:
+    """`export hqsam`."""
     hqsam = families.add_parser("hqsam", help="HQ-SAM: encoder + HQ decoder to ONNX, with parity check")
     _add_hqsam_model_arguments(hqsam)
     hqsam.add_argument("--repository", type=Path, required=True, help="model repository folder")
@@ -253,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)"
     )
     hqsam.set_defaults(func=cmd_export_hqsam)
+
+
+def _add_export_datasetdm(families: argparse._SubParsersAction) -> None:
+    """`export datasetdm`."""
     datasetdm = families.add_parser("datasetdm", help="DatasetDM: SD 1.x parts, feature extractor, P-Decoders to ONNX")
     diffusion = datasetdm.add_mutually_exclusive_group(required=True)
     diffusion.add_argument(
@@ -280,12 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     datasetdm.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     datasetdm.set_defaults(func=cmd_export_datasetdm)
 
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    """`export hqsam|datasetdm`."""
+    export = commands.add_parser("export", help="export a model family into a Triton model repository")
+    families = export.add_subparsers(dest="family", required=True)
+    _add_export_hqsam(families)
+    _add_export_datasetdm(families)
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    """`serve`."""
     serve = commands.add_parser(
         "serve",
         help="run tritonserver on a model repository, restarting it when a python stub dies and draining on SIGTERM",
     )
     serve.add_argument("--repository", type=Path, required=True)
-    serve.add_argument("--config", choices=list(settings_module.TARGETS), default="cpu")
+    serve.add_argument("--config", choices=[target.value for target in settings_module.DeploymentTarget], default="cpu")
     defaults = settings_module.ServerSettings()
     serve.add_argument("--grpc-port", type=int, default=defaults.grpc_port)
     serve.add_argument("--http-port", type=int, default=defaults.http_port)
@@ -319,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("tritonserver_args", nargs="*", metavar="-- TRITONSERVER_ARG", help="passed on to tritonserver")
     serve.set_defaults(func=cmd_serve)
 
+
+def _add_segment_command(commands: argparse._SubParsersAction) -> None:
+    """`segment`."""
     segment = commands.add_parser("segment", help="segment an image with HQ-SAM over gRPC")
     segment.add_argument("image", type=Path)
     segment.add_argument(
@@ -335,9 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("--format", choices=["png", "rle", "polygons", "coco"], help="default: from --out's name")
     segment.add_argument("--overlay", type=Path, help="the photo with the mask and prompts drawn on it")
-    segment.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    _add_url_argument(segment)
     segment.set_defaults(func=cmd_segment)
 
+
+def _add_segment_all_command(commands: argparse._SubParsersAction) -> None:
+    """`segment-all`."""
     segment_all = commands.add_parser("segment-all", help="segment everything in an image or a folder over gRPC")
     segment_all.add_argument("image", type=Path, help="an image, or a folder of PNG/JPEG/WebP images")
     segment_all.add_argument(
@@ -346,19 +368,25 @@ def build_parser() -> argparse.ArgumentParser:
     segment_all.add_argument("--overlay", type=Path, help="image only: the photo with each mask in its own colour")
     segment_all.add_argument("--concurrency", type=int, default=2, help="folder: requests in flight at once")
     _add_generator_arguments(segment_all)
-    segment_all.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    _add_url_argument(segment_all)
     segment_all.set_defaults(func=cmd_segment_all)
 
+
+def _add_annotate_command(commands: argparse._SubParsersAction) -> None:
+    """`annotate`."""
     annotate = commands.add_parser("annotate", help="annotate a real photo with DatasetDM over gRPC")
     annotate.add_argument("image", type=Path)
     annotate.add_argument("--prompt", required=True, help="the photo's caption, naming the classes")
     annotate.add_argument("--classes", required=True, metavar="a,b,c", help="class names to look for")
     annotate.add_argument("--seed", type=int, default=0, help="the annotation noise's seed")
     annotate.add_argument("--out", type=Path, required=True, help="folder for the mask, preview and depth PNGs")
-    annotate.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    _add_url_argument(annotate)
     _add_annotation_arguments(annotate)
     annotate.set_defaults(func=cmd_annotate)
 
+
+def _add_generate_command(commands: argparse._SubParsersAction) -> None:
+    """`generate`."""
     generate = commands.add_parser("generate", help="generate an annotated DatasetDM dataset over gRPC")
     prompts = generate.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="one prompt for every seed")
@@ -387,10 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=0, metavar="SECONDS", help="wait up to SECONDS for the server to be ready"
     )
     generate.add_argument("--out", type=Path, required=True, help="dataset folder (resumed if it exists)")
-    generate.add_argument("--url", default=f"127.0.0.1:{defaults.grpc_port}", help="gRPC HOST:PORT")
+    _add_url_argument(generate)
     _add_annotation_arguments(generate)
     generate.set_defaults(func=cmd_generate)
 
+
+def _add_dataset_command(commands: argparse._SubParsersAction) -> None:
+    """`dataset merge`."""
     dataset = commands.add_parser("dataset", help="work on generated datasets")
     dataset_commands = dataset.add_subparsers(dest="action", required=True)
     merge = dataset_commands.add_parser("merge", help="merge the shards of one `generate --shard` run into OUT")
@@ -398,9 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("shards", type=Path, nargs="+", metavar="SHARD_DIR", help="folders the shards wrote")
     merge.set_defaults(func=cmd_dataset_merge)
 
-    bench = commands.add_parser("bench", help="benchmark eager vs ONNX Runtime vs served, side by side")
-    bench_families = bench.add_subparsers(dest="family", required=True)
-    bench_hqsam = bench_families.add_parser("hqsam", help="HQ-SAM: encoder, prompt and full-request latency")
+
+def _add_bench_hqsam(families: argparse._SubParsersAction) -> None:
+    """`bench hqsam`."""
+    bench_hqsam = families.add_parser("hqsam", help="HQ-SAM: encoder, prompt and full-request latency")
     _add_hqsam_model_arguments(bench_hqsam)
     bench_hqsam.add_argument(
         "--modes",
@@ -437,7 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write perf_analyzer's input data for the hqsam ensemble (see benchmarks/README.md)",
     )
     bench_hqsam.set_defaults(func=cmd_bench_hqsam)
-    bench_automatic = bench_families.add_parser(
+
+
+def _add_bench_hqsam_automatic(families: argparse._SubParsersAction) -> None:
+    """`bench hqsam-automatic`."""
+    bench_automatic = families.add_parser(
         "hqsam-automatic", help="segment everything: served hqsam_automatic vs the official eager generator"
     )
     bench_automatic.add_argument("--models", default="vit_tiny,vit_b", help="model types, comma-separated")
@@ -455,7 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_automatic.add_argument("--out", type=Path, default=Path("bench-output/hqsam-automatic"))
     _add_generator_arguments(bench_automatic)
     bench_automatic.set_defaults(func=cmd_bench_hqsam_automatic)
-    bench_datasetdm = bench_families.add_parser(
+
+
+def _add_bench_datasetdm(families: argparse._SubParsersAction) -> None:
+    """`bench datasetdm`."""
+    bench_datasetdm = families.add_parser(
         "datasetdm", help="DatasetDM: seconds per annotated image, served vs eager diffusers + P-Decoder"
     )
     bench_datasetdm.add_argument(
@@ -470,7 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_datasetdm.add_argument("--out", type=Path, default=Path("bench-output/datasetdm"))
     bench_datasetdm.set_defaults(func=cmd_bench_datasetdm)
 
-    bench_generate = bench_families.add_parser(
+
+def _add_bench_generate(families: argparse._SubParsersAction) -> None:
+    """`bench generate`."""
+    bench_generate = families.add_parser(
         "generate", help="perceptserve generate: images/s with requests in flight vs one at a time, side by side"
     )
     bench_generate.add_argument(
@@ -484,6 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_generate.add_argument("--out", type=Path, default=Path("bench-output/generate"))
     bench_generate.set_defaults(func=cmd_bench_generate)
 
+
+def _add_bench_command(commands: argparse._SubParsersAction) -> None:
+    """`bench hqsam|hqsam-automatic|datasetdm|generate`."""
+    bench = commands.add_parser("bench", help="benchmark eager vs ONNX Runtime vs served, side by side")
+    bench_families = bench.add_subparsers(dest="family", required=True)
+    _add_bench_hqsam(bench_families)
+    _add_bench_hqsam_automatic(bench_families)
+    _add_bench_datasetdm(bench_families)
+    _add_bench_generate(bench_families)
+
+
+def _add_demo_command(commands: argparse._SubParsersAction) -> None:
+    """`demo`."""
     demo = commands.add_parser("demo", help="export, serve and segment a sample photo end to end")
     demo.add_argument("--model-type", default="vit_tiny", choices=HQSAM_MODEL_TYPES)
     demo.add_argument("--checkpoint", type=Path)
@@ -491,12 +547,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-output"))
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_demo_datasetdm_command(commands: argparse._SubParsersAction) -> None:
+    """`demo-datasetdm`."""
     demo_datasetdm = commands.add_parser(
         "demo-datasetdm", help="tiny DatasetDM: export, serve, generate a few annotated images, annotate a photo"
     )
     demo_datasetdm.add_argument("--repository", type=Path, default=Path("repository-datasetdm"))
     demo_datasetdm.add_argument("--out", type=Path, default=Path("demo-output/datasetdm"))
     demo_datasetdm.set_defaults(func=cmd_demo_datasetdm)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `perceptserve` command line: one function above per subcommand."""
+    parser = argparse.ArgumentParser(prog="perceptserve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_export_command,
+        _add_serve_command,
+        _add_segment_command,
+        _add_segment_all_command,
+        _add_annotate_command,
+        _add_generate_command,
+        _add_dataset_command,
+        _add_bench_command,
+        _add_demo_command,
+        _add_demo_datasetdm_command,
+    ):
+        add(commands)
     return parser
 
 

@@ -10,11 +10,20 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 
 from .parsing import comma_list
 
-DeviceTarget = str  # "cpu" (embedded tritonserver, python backend + ONNX Runtime) or "gpu" (NGC image)
-TARGETS = ("cpu", "gpu")
+
+class DeploymentTarget(str, Enum):
+    """Where a model repository is served; each model has one config per target
+    (`configs/<value>.pbtxt`, chosen at start with `--model-config-name`). A str enum, so the
+    value is also the plain name the CLI and the launcher take."""
+
+    CPU = "cpu"  # the embedded tritonserver: python backend + ONNX Runtime
+    GPU = "gpu"  # NGC's tritonserver image: onnxruntime backend with TensorRT, or TensorRT plans
+
+
 # Export precisions. int8 is for the cpu target (ONNX Runtime); the gpu target of an int8 export
 # runs the fp32 graph through TensorRT in fp16.
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -25,8 +34,8 @@ class InstanceCounts:
     cpu: int
     gpu: int
 
-    def for_target(self, target: DeviceTarget) -> int:
-        return self.cpu if target == "cpu" else self.gpu
+    def for_target(self, target: DeploymentTarget | str) -> int:
+        return self.cpu if DeploymentTarget(target) is DeploymentTarget.CPU else self.gpu
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
-from perceptserve.settings import ServerSettings
+from perceptserve.settings import DeploymentTarget, ServerSettings
 
 from .failure import ServerError, reason_from_log
 from .flags import tritonserver_command
@@ -44,13 +44,13 @@ class TritonServer:
     def __init__(
         self,
         repository: Path,
-        config: str = "cpu",
+        config: DeploymentTarget | str = DeploymentTarget.CPU,
         settings: ServerSettings | None = None,
         log_file: Path | None = None,
         tritonserver: Path | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
-        self.config = config
+        self.config = DeploymentTarget(config).value  # the configs' file name: configs/<config>.pbtxt
         self.settings = settings or ServerSettings()
         self.log_file = Path(log_file) if log_file else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self.tritonserver = tritonserver  # its installation folder; None: found (installation.py)

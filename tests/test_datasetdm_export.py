@@ -23,7 +23,7 @@ from skimage.transform import resize as resize_image
 
 from perceptserve import cli
 from perceptserve.datasetdm import tiny
-from perceptserve.datasetdm.checkpoint import CheckpointError
+from perceptserve.datasetdm.checkpoint_loading import CheckpointError
 from perceptserve.datasetdm.features import GROUPS, TASKS, FeatureLayout
 from perceptserve.datasetdm.layers import SegBlock, fold_spectral_norm
 from perceptserve.datasetdm.pose_decoder import read_keypoints

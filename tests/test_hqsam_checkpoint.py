@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from perceptserve.hqsam import checkpoint
-from perceptserve.hqsam.checkpoint import CheckpointError
+from perceptserve.hqsam import checkpoint_loading
+from perceptserve.hqsam.checkpoint_loading import CheckpointError
 from perceptserve.hqsam.registry import ViTConfig, build_reference, randomize_
 
 from .conftest import SMALL_VIT
@@ -28,20 +28,22 @@ def save(tmp_path, state, name="ckpt.pth"):
 
 def test_official_format_round_trip(tmp_path, state):
     sam = build_reference(SMALL_VIT)
-    checkpoint.load_strict(sam, checkpoint.read_state_dict(save(tmp_path, state)))
+    checkpoint_loading.load_strict(sam, checkpoint_loading.read_state_dict(save(tmp_path, state)))
     assert all(torch.equal(sam.state_dict()[k], v) for k, v in state.items())
 
 
 def test_plain_sam_checkpoint_is_refused(tmp_path, state):
-    plain = {k: v for k, v in state.items() if not k.startswith(checkpoint.HQ_PREFIXES)}
+    plain = {k: v for k, v in state.items() if not k.startswith(checkpoint_loading.HQ_PREFIXES)}
     with pytest.raises(CheckpointError, match="no HQ-SAM parts .*hf_token"):
-        checkpoint.load_strict(build_reference(SMALL_VIT), checkpoint.read_state_dict(save(tmp_path, plain)))
+        checkpoint_loading.load_strict(
+            build_reference(SMALL_VIT), checkpoint_loading.read_state_dict(save(tmp_path, plain))
+        )
 
 
 def test_plain_sam_checkpoint_with_allow_missing_hq_warns(tmp_path, state):
-    plain = {k: v for k, v in state.items() if not k.startswith(checkpoint.HQ_PREFIXES)}
+    plain = {k: v for k, v in state.items() if not k.startswith(checkpoint_loading.HQ_PREFIXES)}
     with pytest.warns(UserWarning, match="HQ-SAM PARTS ARE RANDOM"):
-        checkpoint.load_strict(build_reference(SMALL_VIT), plain, allow_missing_hq=True)
+        checkpoint_loading.load_strict(build_reference(SMALL_VIT), plain, allow_missing_hq=True)
 
 
 def test_missing_encoder_tensor(state):
@@ -50,25 +52,25 @@ def test_missing_encoder_tensor(state):
     with pytest.raises(
         CheckpointError, match="truncated or for another model: missing image_encoder.blocks.0.attn.qkv.weight"
     ):
-        checkpoint.load_strict(build_reference(SMALL_VIT), broken)
+        checkpoint_loading.load_strict(build_reference(SMALL_VIT), broken)
 
 
 def test_other_model_size(state):
     wider = ViTConfig(96, 2, 2, (1,))
     with pytest.raises(CheckpointError, match="another model size"):
-        checkpoint.load_strict(build_reference(wider), state)
+        checkpoint_loading.load_strict(build_reference(wider), state)
 
 
 def test_unexpected_tensor(state):
     with pytest.raises(CheckpointError, match="tensors this model lacks: extra.weight"):
-        checkpoint.load_strict(build_reference(SMALL_VIT), {**state, "extra.weight": torch.zeros(1)})
+        checkpoint_loading.load_strict(build_reference(SMALL_VIT), {**state, "extra.weight": torch.zeros(1)})
 
 
 def test_truncated_file(tmp_path, state):
     path = save(tmp_path, state)
     path.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
     with pytest.raises(CheckpointError, match="cannot be read"):
-        checkpoint.read_state_dict(path)
+        checkpoint_loading.read_state_dict(path)
 
 
 class Exploit:
@@ -80,12 +82,12 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"w": Exploit()}))
     with pytest.raises(CheckpointError, match="not a plain weights file"):
-        checkpoint.read_state_dict(path)
+        checkpoint_loading.read_state_dict(path)
     assert not os.path.exists("/tmp/perceptserve-pwned")
 
 
 def test_cli_prints_one_line_and_no_traceback(tmp_path, state):
-    plain = {k: v for k, v in state.items() if not k.startswith(checkpoint.HQ_PREFIXES)}
+    plain = {k: v for k, v in state.items() if not k.startswith(checkpoint_loading.HQ_PREFIXES)}
     path = save(tmp_path, plain)
     result = subprocess.run(
         [

@@ -8,7 +8,7 @@ import pytest
 import torch
 from perceptserve.export import onnx_io, parity
 from perceptserve.export.hqsam import HQSamExport, run
-from perceptserve.export.parity import mask_iou, reference_hq_features
+from perceptserve.export.hqsam_parity import mask_iou, reference_hq_features
 
 from perceptserve.hqsam.geometry import resize_and_pad
 from perceptserve.hqsam.official import ResizeLongestSide, SamPredictor

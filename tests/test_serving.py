@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from perceptserve.clients import AsyncHQSamClient, ClientError, HQSamClient
-from perceptserve.export.parity import mask_iou
+from perceptserve.export.hqsam_parity import mask_iou
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.hqsam.official import SamPredictor

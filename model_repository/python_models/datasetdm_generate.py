@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import PNDMScheduler
-from perceptserve.model_repository import datasetdm as exported
+from perceptserve.model_repository import datasetdm as names
 from perceptserve.model_repository.python_models import bls, inputs
 from perceptserve.model_repository.python_models.responses import respond, respond_each, server_error
 from transformers import CLIPTokenizer
@@ -30,7 +30,7 @@ from perceptserve.datasetdm import instances, validation
 from perceptserve.datasetdm.sampling import denoise, initial_latents
 from perceptserve.parsing import comma_list
 
-GROUPS = exported.GROUPS
+GROUPS = names.GROUPS
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
 
@@ -68,7 +68,7 @@ class TritonPythonModel:
         limits = self.limits
         prompt = validation.text(inputs.one(request, "prompt", b""), "prompt")
         negative = validation.text(inputs.one(request, "negative_prompt", b""), "negative_prompt")
-        names = validation.class_names(inputs.required(request, "class_names").reshape(-1), limits)
+        class_names = validation.class_names(inputs.required(request, "class_names").reshape(-1), limits)
         tasks = inputs.optional(request, "tasks")
         count, threshold = (inputs.optional(request, name) for name in ("max_instances", "score_threshold"))
         height = validation.image_side(int(inputs.one(request, "height", self.default_side)), "height", limits)
@@ -76,13 +76,13 @@ class TritonPythonModel:
         return Job(
             prompt_ids=validation.token_ids(self.tokenizer, prompt, "prompt"),
             negative_ids=validation.token_ids(self.tokenizer, negative, "negative_prompt", allow_empty=True),
-            class_ids=np.stack([validation.token_ids(self.tokenizer, n, f"class name {n!r}") for n in names]),
+            class_ids=np.stack([validation.token_ids(self.tokenizer, n, f"class name {n!r}") for n in class_names]),
             seeds=validation.seeds(inputs.required(request, "seeds"), limits),
             steps=validation.steps(int(inputs.one(request, "steps", DEFAULT_STEPS)), limits),
             guidance=validation.guidance(float(inputs.one(request, "guidance", DEFAULT_GUIDANCE)), limits),
             size=(height, width),
             tasks=validation.tasks(None if tasks is None else tasks.reshape(-1), limits),
-            instance_labels=instances.category_labels(names, self.categories),
+            instance_labels=instances.category_labels(class_names, self.categories),
             instance_limits=validation.instance_limits(count, threshold, limits),
         )
 
@@ -94,7 +94,7 @@ class TritonPythonModel:
             + [j.class_ids for j in jobs]
         )
         embeddings = torch.from_numpy(
-            bls.call(exported.TEXT_ENCODER, {"input_ids": ids}, ["text_embeddings"])["text_embeddings"]
+            bls.call(names.TEXT_ENCODER, {"input_ids": ids}, ["text_embeddings"])["text_embeddings"]
         )
         per_image = torch.tensor(np.repeat(np.arange(len(jobs)), counts))
         uncond, text = embeddings[per_image], embeddings[len(jobs) + per_image]
@@ -103,7 +103,7 @@ class TritonPythonModel:
 
         def unet(latents, timesteps):
             feeds = {"sample": latents.numpy(), "timestep": timesteps.numpy(), "encoder_hidden_states": context}
-            return torch.from_numpy(bls.call(exported.UNET, feeds, ["noise_pred"])["noise_pred"])
+            return torch.from_numpy(bls.call(names.UNET, feeds, ["noise_pred"])["noise_pred"])
 
         group_names = [f"{task}_{group}" for task in self.limits.tasks for group in GROUPS]
 
@@ -114,7 +114,7 @@ class TritonPythonModel:
                 "text_embeddings": text.numpy(),
                 "uncond_embeddings": uncond.numpy(),
             }
-            out = bls.call(exported.FEATURES, feeds, ["noise_pred_uncond", "noise_pred_text"] + group_names)
+            out = bls.call(names.FEATURES, feeds, ["noise_pred_uncond", "noise_pred_text"] + group_names)
             extras = {name: out[name] for name in group_names}
             return torch.from_numpy(out["noise_pred_uncond"]), torch.from_numpy(out["noise_pred_text"]), extras
 
@@ -124,7 +124,7 @@ class TritonPythonModel:
         guidance = torch.tensor(np.repeat([j.guidance for j in jobs], counts), dtype=torch.float32)
         scheduler = PNDMScheduler.from_config(self.scheduler_config)
         latents, groups = denoise(scheduler, latents, jobs[0].steps, guidance, unet, last)
-        images = bls.call(exported.VAE_DECODER, {"latents": latents.numpy()}, ["image"])["image"]
+        images = bls.call(names.VAE_DECODER, {"latents": latents.numpy()}, ["image"])["image"]
         images = (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
 
         responses, start = [], 0
@@ -142,13 +142,13 @@ class TritonPythonModel:
             feeds = {group: groups[f"{task}_{group}"] for group in GROUPS}
             if task == "semantic":
                 feeds["class_embeddings"] = class_embeddings.numpy()
-                outputs.update(bls.call(exported.DECODERS[task], feeds, ["class_map", "class_scores"]))
+                outputs.update(bls.call(names.DECODERS[task], feeds, ["class_map", "class_scores"]))
             elif task == "depth":
-                outputs.update(bls.call(exported.DECODERS[task], feeds, ["depth"]))
+                outputs.update(bls.call(names.DECODERS[task], feeds, ["depth"]))
             elif task == "pose":
-                outputs.update(bls.call(exported.DECODERS[task], feeds, ["keypoints"]))
+                outputs.update(bls.call(names.DECODERS[task], feeds, ["keypoints"]))
             else:
-                raw = bls.call(exported.DECODERS[task], feeds, ["class_logits", "mask_logits"])
+                raw = bls.call(names.DECODERS[task], feeds, ["class_logits", "mask_logits"])
                 count, threshold = job.instance_limits
                 found = [
                     instances.infer(

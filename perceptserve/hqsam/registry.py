@@ -1,7 +1,7 @@
 """The HQ-SAM model types, built with the official `segment_anything_hq` builders.
 
 The official registry builds a model and loads a checkpoint non-strictly in one call; we keep
-the two apart so that loading can be strict (see `checkpoint.py`). A `ViTConfig` also describes
+the two apart so that loading can be strict (see `checkpoint_loading.py`). A `ViTConfig` also describes
 the small ViTs that tests build with the same `_build_sam` code path as the real sizes.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from perceptserve.model_types import HQSAM_MODEL_TYPES
 
 from .official import Sam, _build_sam, build_sam_vit_t
 
@@ -41,17 +43,25 @@ class TinyViTConfig:
         return build_sam_vit_t(checkpoint=None)
 
 
-ModelConfig = ViTConfig | TinyViTConfig
+# An HQ-SAM architecture (encoder size); not Triton's model config.
+Architecture = ViTConfig | TinyViTConfig
 
-MODEL_TYPES: dict[str, ModelConfig] = {
-    "vit_tiny": TinyViTConfig(),
-    "vit_b": ViTConfig(768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": ViTConfig(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": ViTConfig(1280, 32, 16, (7, 15, 23, 31)),
-}
+# The names are `model_types.HQSAM_MODEL_TYPES` (torch-free, for the CLI), in the same order.
+MODEL_TYPES: dict[str, Architecture] = dict(
+    zip(
+        HQSAM_MODEL_TYPES,
+        (
+            TinyViTConfig(),
+            ViTConfig(768, 12, 12, (2, 5, 8, 11)),
+            ViTConfig(1024, 24, 16, (5, 11, 17, 23)),
+            ViTConfig(1280, 32, 16, (7, 15, 23, 31)),
+        ),
+        strict=True,
+    )
+)
 
 
-def resolve(model: str | ModelConfig) -> ModelConfig:
+def resolve(model: str | Architecture) -> Architecture:
     """A model type name or a config (tests pass small `ViTConfig`s) to a config."""
     if isinstance(model, str):
         try:
@@ -61,7 +71,7 @@ def resolve(model: str | ModelConfig) -> ModelConfig:
     return model
 
 
-def build_reference(model: str | ModelConfig) -> Sam:
+def build_reference(model: str | Architecture) -> Sam:
     """The official HQ-SAM module, eval mode, parameters as the builder initialised them."""
     sam = resolve(model).build()
     sam.eval()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from perceptserve.checkpoints import CheckpointError, Mismatch, read_state_dict, summarise
+from perceptserve.checkpoint_reading import CheckpointError, Mismatch, read_state_dict, summarise
 
 if TYPE_CHECKING:
     from .official import Sam

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perceptserve.checkpoints import CheckpointError, Mismatch, read_state_dict, summarise
+from perceptserve.checkpoint_reading import CheckpointError, Mismatch, read_state_dict, summarise
 
 __all__ = ["CheckpointError", "load_strict", "read_state_dict"]
 
