@@ -9,10 +9,12 @@ import torch
 from perceptserve.export import onnx_io, parity
 from perceptserve.export.hqsam import HQSamExport, run
 from perceptserve.export.hqsam_parity import mask_iou, reference_hq_features
+from perceptserve.model_repository.definitions import Tensor
 
 from perceptserve.hqsam.geometry import resize_and_pad
 from perceptserve.hqsam.official import ResizeLongestSide, SamPredictor
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
+from perceptserve.onnxruntime_session import cpu_session
 from perceptserve.settings import Settings
 
 from .conftest import SMALL_VIT
@@ -158,10 +160,12 @@ def test_external_data_for_large_models(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1000)
     module = torch.nn.Linear(64, 64)
     path = onnx_io.export(
-        module, (torch.zeros(2, 64),), tmp_path / "model.onnx", ["x"], ["y"], {"input": {0: torch.export.Dim("b")}}
+        module,
+        {"input": torch.zeros(2, 64)},
+        tmp_path / "model.onnx",
+        (Tensor("input", "FP32", (-1, 64)),),
+        (Tensor("y", "FP32", (-1, 64)),),
     )
     assert (tmp_path / "model.onnx.data").stat().st_size >= 64 * 64 * 4
-    import onnxruntime as ort
-
-    out = ort.InferenceSession(str(path)).run(None, {"x": np.ones((3, 64), np.float32)})[0]
+    out = cpu_session(path).run(None, {"input": np.ones((3, 64), np.float32)})[0]
     assert np.allclose(out, module(torch.ones(3, 64)).detach().numpy(), atol=1e-5)
