@@ -6,7 +6,7 @@ from itertools import product
 import numpy as np
 import pytest
 import torch
-from perceptserve.export import onnx_io, parity
+from perceptserve.export import hqsam_parity, onnx_io
 from perceptserve.export.hqsam import HQSamExport, run
 from perceptserve.export.hqsam_parity import mask_iou, reference_hq_features
 from perceptserve.model_repository.definitions import Tensor
@@ -139,7 +139,7 @@ def test_int8_masks_agree_with_the_fp32_official_predictor(small_vit_int8, photo
     """The int8 encoder (what the cpu config serves) against the fp32 official model: judged by
     the worst mask IoU (the export fails below 0.97); its embeddings differ, and are reported."""
     predictor = OnnxPredictor(small_vit_int8.repository)
-    report = parity.check(small_vit_int8.sam, predictor, {"astronaut": photos["astronaut"]}, "int8")
+    report = hqsam_parity.check(small_vit_int8.sam, predictor, {"astronaut": photos["astronaut"]}, "int8")
     assert report.passed, report.format()
     assert report.min_iou >= 0.97 and len(report.ious) == 16
     relative = {what: rel for what, _, rel in report.rows}
@@ -148,7 +148,7 @@ def test_int8_masks_agree_with_the_fp32_official_predictor(small_vit_int8, photo
 
 
 def test_int8_fails_below_a_worst_mask_iou_of_0_97():
-    report = parity.ParityReport(parity.Tolerance.for_precision("int8"), rows=[("embeddings", 1.0, 0.5)])
+    report = hqsam_parity.ParityReport(hqsam_parity.Tolerance.for_precision("int8"), rows=[("embeddings", 1.0, 0.5)])
     report.ious = [("good", 0.99), ("worst", 0.969)]
     assert not report.passed
     report.ious = [("good", 0.99), ("worst", 0.971)]
