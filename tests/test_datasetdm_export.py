@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from perceptserve.clients.triton_io import infer_input
 from perceptserve.export import datasetdm_parity as parity
 from perceptserve.export import onnx_io
 from perceptserve.export.datasetdm import DECODER_KINDS, DatasetDMExport, build_decoder, parity_example
@@ -380,10 +381,7 @@ def test_repository_serves_on_tritonserver(tiny_export):
     with TritonServer(tiny_export.repository, "cpu", server_settings()) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         assert all(client.is_model_ready(model) for model in models)
-        inputs = []
-        for name, value in groups.items():
-            inputs.append(grpcclient.InferInput(name, value.shape, "FP32"))
-            inputs[-1].set_data_from_numpy(value)
+        inputs = [infer_input(grpcclient, name, value, "FP32") for name, value in groups.items()]
         depth = client.infer(names.DECODERS["depth"], inputs).as_numpy("depth")
     assert depth.shape == (1, 1, 256, 256)
     assert np.allclose(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from perceptserve.clients.triton_io import infer_input
 from perceptserve.model_repository import hqsam
 from perceptserve.model_repository.writer import write_models
 from perceptserve.server.launcher import TritonServer
@@ -136,12 +137,6 @@ DTYPE_NAMES = {
 }
 
 
-def _infer_input(name: str, data: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(data.shape), dtype)
-    tensor.set_data_from_numpy(data)
-    return tensor
-
-
 def fuzz_values(rng: np.random.Generator, shape, dtype) -> np.ndarray:
     """Random values of `dtype`: plausible, non-finite or huge, small integers, or in-image."""
     kind = rng.integers(6)
@@ -198,7 +193,11 @@ def fuzz_case(rng: np.random.Generator, good_image: bytes) -> list:
     """One hostile request: random image bytes and random prompt tensors of random shapes,
     types and values (NaN, inf, huge, empty)."""
     image = fuzz_image(rng, good_image)
-    inputs = [_infer_input("image", np.array([image] * int(rng.choice([1, 1, 1, 0, 2])), dtype=np.object_), "BYTES")]
+    inputs = [
+        infer_input(
+            grpcclient, "image", np.array([image] * int(rng.choice([1, 1, 1, 0, 2])), dtype=np.object_), "BYTES"
+        )
+    ]
     n = int(rng.choice([0, 1, 1, 2, 3, 70]))
     for name, shape_of in FUZZ_SHAPES.items():
         if rng.random() < 0.45:
@@ -210,7 +209,7 @@ def fuzz_case(rng: np.random.Generator, good_image: bytes) -> list:
             continue  # 256 KiB per mask: keep the run fast
         dtype = NATURAL_DTYPES[name] if rng.random() < 0.85 else rng.choice(list(DTYPE_NAMES))
         data = fuzz_values(rng, shape, dtype)
-        inputs.append(_infer_input(name, data, DTYPE_NAMES[np.dtype(dtype).type]))
+        inputs.append(infer_input(grpcclient, name, data, DTYPE_NAMES[np.dtype(dtype).type]))
     return inputs
 
 

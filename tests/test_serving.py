@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from perceptserve.clients import AsyncHQSamClient, ClientError, HQSamClient
+from perceptserve.clients.triton_io import infer_input
 from perceptserve.export.hqsam_parity import mask_iou
 from tritonclient.utils import InferenceServerException
 
@@ -212,9 +213,7 @@ def raw_inputs(overrides: dict):
             array, dtype = np.array([value], dtype=np.object_), "BYTES"
         else:
             array, dtype = value, DTYPES[value.dtype.type]
-        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
+        inputs.append(infer_input(grpcclient, name, array, dtype))
     return inputs
 
 
