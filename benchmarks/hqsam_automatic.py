@@ -104,11 +104,12 @@ def _agreement(served: list[dict], official: list[dict]) -> dict:
 def bench_model(model: str, job: AutomaticBench, settings: Settings) -> dict:
     repository = (job.repositories or job.out) / model
     export = HQSamExport(model=model, repository=repository, seed=job.seed, precision=job.precision)
+    results = {"photos": {}, "precision": job.precision}
     if not _exported(repository):
         print(f"{model}: exporting random weights (seed {job.seed}, {job.precision}) to {repository}")
-        export_repository(export, settings)
+        report = export_repository(export, settings)
+        results["export_parity"] = {"passed": report.passed, "min_mask_iou": report.min_iou}
     sam = load_model(export)
-    results = {"photos": {}}
     ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server_settings = dataclasses.replace(settings.server, **ports)
     with TritonServer(repository, "cpu", server_settings, log_file=job.out / f"tritonserver-{model}.log") as server:
@@ -154,7 +155,8 @@ def markdown(results: dict) -> str:
         "# Segment everything: served `hqsam_automatic` vs the official eager generator",
         "",
         f"Parameters: {results['config']['parameters']} (empty: the official defaults). Load average "
-        f"{results['load_average_start']} at start, {results['load_average_end']} at end.",
+        f"{results['load_average_start']} at start, {results['load_average_end']} at end. Served export "
+        f"precision: {results['config']['precision']} (eager: the official model in fp32).",
         "",
         "| model | photo | eager s (encoder / rest) | served s (encoder / decoder / post / transport) | served/eager "
         "| masks official / served, matched |",
