@@ -123,8 +123,9 @@ def _quiet_root_logger():
 
 def quantize_int8(source: Path, target: Path) -> Path:
     """An int8 copy of `source` for ONNX Runtime on the CPU: weights int8 per tensor, activations
-    quantised at run time (dynamic quantisation; benchmarks/README.md has the measurements
-    that chose it over calibrated static QDQ)."""
+    quantised at run time (dynamic quantisation: no calibration data, the same export for every
+    checkpoint; static QDQ is not yet measured against it, and half of the int8 encoder's time
+    is the fp32 attention this leaves: benchmarks/README.md, issue 15)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     external = source.with_name(source.name + ".data").exists()  # vit_h's fp32 weights
