@@ -14,7 +14,7 @@ from PIL import Image
 from perceptserve.imaging import ImageError, decode_image
 from perceptserve.parsing import comma_list
 
-from . import coco
+from . import coco, retry
 from .dataset import depth_png, mask_of, preview
 from .datasetdm import Annotation, DatasetDMAnnotateClient
 from .errors import ClientError
@@ -69,7 +69,7 @@ def annotate_file(
 
 def annotate_command(args: argparse.Namespace) -> int:
     classes = list(comma_list(args.classes))
-    with DatasetDMAnnotateClient(args.url) as client:
+    with DatasetDMAnnotateClient(args.url, retry_policy=retry.from_retries(args.retries)) as client:
         result, paths = annotate_file(
             client,
             args.image,

@@ -24,6 +24,7 @@ import tritonclient.grpc as grpcclient
 from perceptserve.model_repository import datasetdm_serving as serving
 from tritonclient.utils import InferenceServerException
 
+from . import retry
 from .errors import ClientError
 from .triton_io import infer_input, to_client_error, utf8_strings
 
@@ -87,10 +88,13 @@ def _annotations(out: dict[str, np.ndarray], count: int, size: tuple[int, int]) 
 
 
 class _Client:
-    def __init__(self, url: str, model_name: str, timeout_s: float | None) -> None:
+    def __init__(
+        self, url: str, model_name: str, timeout_s: float | None, retry_policy: retry.RetryPolicy = retry.DEFAULT
+    ) -> None:
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.retry_policy = retry_policy  # UNAVAILABLE is retried with bounded backoff, as HQSamClient does
         self._client = grpcclient.InferenceServerClient(url)
 
     def _infer(self, inputs, tasks: Sequence[str] | None, max_instances, score_threshold) -> dict[str, np.ndarray]:
@@ -104,22 +108,22 @@ class _Client:
             inputs.append(
                 infer_input(grpcclient, "score_threshold", np.array([score_threshold], dtype=np.float32), "FP32")
             )
-        try:
-            served = self.served_tasks()
-            names = [
-                t.name
-                for task in (served if tasks is None else tasks)
-                if task in served
-                for t in serving.TASK_OUTPUTS[task]
-            ]
-            response = self._client.infer(
-                self.model_name,
-                inputs,
-                client_timeout=self.timeout_s,
-                outputs=[grpcclient.InferRequestedOutput(n) for n in [*self._leading_outputs, *names]],
-            )
-        except InferenceServerException as exc:
-            raise to_client_error(exc) from None
+        served = retry.call(self.retry_policy, self.served_tasks)
+        asked = served if tasks is None else tasks
+        names = [t.name for task in asked if task in served for t in serving.TASK_OUTPUTS[task]]
+
+        def send():
+            try:
+                return self._client.infer(
+                    self.model_name,
+                    inputs,
+                    client_timeout=self.timeout_s,
+                    outputs=[grpcclient.InferRequestedOutput(n) for n in [*self._leading_outputs, *names]],
+                )
+            except InferenceServerException as exc:
+                raise to_client_error(exc) from None
+
+        response = retry.call(self.retry_policy, send)
         return {name: response.as_numpy(name) for name in [*self._leading_outputs, *names]}
 
     _leading_outputs: tuple[str, ...] = ()  # outputs read whatever the tasks
@@ -169,9 +173,13 @@ class DatasetDMAnnotateClient(_Client):
     """The `datasetdm_annotate` ensemble: a real image -> its class map (and depth)."""
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", model_name: str = serving.ANNOTATE, timeout_s: float | None = None
+        self,
+        url: str = "127.0.0.1:8001",
+        model_name: str = serving.ANNOTATE,
+        timeout_s: float | None = None,
+        retry_policy: retry.RetryPolicy = retry.DEFAULT,
     ) -> None:
-        super().__init__(url, model_name, timeout_s)
+        super().__init__(url, model_name, timeout_s, retry_policy)
 
     def annotate(
         self,
@@ -204,9 +212,13 @@ class DatasetDMGenerateClient(_Client):
     _leading_outputs = ("image",)
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", model_name: str = serving.GENERATE, timeout_s: float | None = None
+        self,
+        url: str = "127.0.0.1:8001",
+        model_name: str = serving.GENERATE,
+        timeout_s: float | None = None,
+        retry_policy: retry.RetryPolicy = retry.DEFAULT,
     ) -> None:
-        super().__init__(url, model_name, timeout_s)
+        super().__init__(url, model_name, timeout_s, retry_policy)
 
     def generate(
         self,

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from perceptserve.parsing import comma_list
 
-from . import prompt_lists
+from . import prompt_lists, retry
 from .dataset import Dataset, RunSpec
 from .datasetdm import DatasetDMGenerateClient, Generation
 from .errors import ClientError
@@ -162,7 +162,7 @@ def run_spec(args: argparse.Namespace, models: dict[str, list[str]]) -> RunSpec:
 def generate_command(args: argparse.Namespace) -> int:
     if args.count < 1 or args.batch < 1 or args.concurrency < 1:
         raise ClientError("--count, --batch and --concurrency must be at least 1")
-    with DatasetDMGenerateClient(args.url) as client:
+    with DatasetDMGenerateClient(args.url, retry_policy=retry.from_retries(args.retries)) as client:
         if args.wait:
             client.wait_until_ready(args.wait)
         spec = run_spec(args, client.model_versions())

@@ -12,6 +12,10 @@ means only the first request for an image runs the encoder.
 `generate_masks(image, **parameters)` segments everything, as
 `SamAutomaticMaskGenerator(..., output_mode="coco_rle").generate(image)` does, in the server.
 
+A request the server could not serve now (UNAVAILABLE: queue full, a lost model stub, a restart)
+is sent again with bounded backoff, each retry announced on standard error (`retry.RetryPolicy`;
+`retry=retry.NO_RETRY` turns it off).
+
 `set_image` / `predict` keep per-client state like the official predictor; `segment` and
 `generate_masks` are stateless and safe to call from many threads on one client. `AsyncHQSamClient` is the asyncio
 variant.
@@ -30,7 +34,7 @@ from tritonclient.utils import InferenceServerException
 from perceptserve.hqsam.prompts import as_prompt_batch
 from perceptserve.imaging import encode_png
 
-from . import automatic
+from . import automatic, retry
 from .errors import ClientError
 from .triton_io import infer_input, to_client_error
 
@@ -89,11 +93,16 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 class HQSamClient:
     def __init__(
-        self, url: str = "127.0.0.1:8001", model_name: str = names.ENSEMBLE, timeout_s: float | None = None
+        self,
+        url: str = "127.0.0.1:8001",
+        model_name: str = names.ENSEMBLE,
+        timeout_s: float | None = None,
+        retry_policy: retry.RetryPolicy = retry.DEFAULT,
     ) -> None:
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.retry_policy = retry_policy
         self._client = grpcclient.InferenceServerClient(url)
         self._image: bytes | None = None
 
@@ -139,15 +148,18 @@ class HQSamClient:
         return self._request(automatic.model_name(self.model_name), inputs, automatic.OUTPUTS)
 
     def _request(self, model: str, inputs, outputs):
-        try:
-            return self._client.infer(
-                model,
-                inputs,
-                outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
-                client_timeout=self.timeout_s,
-            )
-        except InferenceServerException as exc:
-            raise to_client_error(exc) from None
+        def send():
+            try:
+                return self._client.infer(
+                    model,
+                    inputs,
+                    outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
+                    client_timeout=self.timeout_s,
+                )
+            except InferenceServerException as exc:
+                raise to_client_error(exc) from None
+
+        return retry.call(self.retry_policy, send)
 
     def _infer(self, inputs) -> Segmentation:
         return _result(self._request(self.model_name, inputs, OUTPUTS))
@@ -166,10 +178,15 @@ class AsyncHQSamClient:
     """asyncio variant: `await client.segment(image_bytes, point_coords=..., ...)`."""
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", model_name: str = names.ENSEMBLE, timeout_s: float | None = None
+        self,
+        url: str = "127.0.0.1:8001",
+        model_name: str = names.ENSEMBLE,
+        timeout_s: float | None = None,
+        retry_policy: retry.RetryPolicy = retry.DEFAULT,
     ) -> None:
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.retry_policy = retry_policy
         self._client = aioclient.InferenceServerClient(url)
 
     async def segment(self, image: bytes, **prompts) -> Segmentation:
@@ -182,15 +199,18 @@ class AsyncHQSamClient:
         return automatic.records(await self._request(automatic.model_name(self.model_name), inputs, automatic.OUTPUTS))
 
     async def _request(self, model: str, inputs, outputs):
-        try:
-            return await self._client.infer(
-                model,
-                inputs,
-                outputs=[aioclient.InferRequestedOutput(n) for n in outputs],
-                client_timeout=self.timeout_s,
-            )
-        except InferenceServerException as exc:
-            raise to_client_error(exc) from None
+        async def send():
+            try:
+                return await self._client.infer(
+                    model,
+                    inputs,
+                    outputs=[aioclient.InferRequestedOutput(n) for n in outputs],
+                    client_timeout=self.timeout_s,
+                )
+            except InferenceServerException as exc:
+                raise to_client_error(exc) from None
+
+        return await retry.call_async(self.retry_policy, send)
 
     async def close(self) -> None:
         await self._client.close()

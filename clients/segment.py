@@ -11,6 +11,7 @@ import numpy as np
 
 from perceptserve.imaging import ImageError, decode_image
 
+from . import retry
 from .errors import ClientError
 from .hqsam import HQSamClient
 from .mask_formats import format_for, write_masks
@@ -92,7 +93,7 @@ def segment_file(
 def segment_command(args: argparse.Namespace) -> int:
     prompt = parse_prompt(args.point, args.box)
     kind = format_for(args.out, args.format)
-    with HQSamClient(args.url) as client:
+    with HQSamClient(args.url, retry_policy=retry.from_retries(args.retries)) as client:
         mask = segment_file(
             client, args.image, prompt, args.multimask, args.hq_token_only, args.out, args.overlay, kind
         )

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from perceptserve.automatic import rle
 from perceptserve.automatic.parameters import FLAGS, NAMES
 
+from . import retry
 from .errors import ClientError
 from .hqsam import HQSamClient
 from .mask_formats import add_image, coco_document, write_json
@@ -108,7 +109,7 @@ def segment_folder(
 
 def segment_all_command(args: argparse.Namespace) -> int:
     parameters = parameters_from_args(args)
-    with HQSamClient(args.url) as client:
+    with HQSamClient(args.url, retry_policy=retry.from_retries(args.retries)) as client:
         if args.image.is_dir():
             if args.overlay:
                 raise ClientError("--overlay draws one image; leave it out for a folder")

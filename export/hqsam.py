@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from perceptserve.model_repository import hqsam as names
-from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE
+from perceptserve.model_repository import memory
+from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE, cpu_onnx_file
 from perceptserve.model_repository.writer import version_dir, write_models
 
 from perceptserve.hqsam import checkpoint_loading, registry
@@ -24,7 +25,7 @@ from perceptserve.hqsam.export_modules import ImageEncoder, PromptDecoder
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 from perceptserve.settings import Settings
 
-from . import hqsam_parity, onnx_io, tensorrt
+from . import hqsam_parity, memory_probe, onnx_io, tensorrt
 from .progress import Steps
 
 PRECISION_STEPS = {
@@ -43,6 +44,9 @@ class HQSamExport:
     tensorrt: bool = False
     allow_missing_hq: bool = False
     parity_image: np.ndarray | None = None  # default: `hqsam_parity.photos(precision)`
+    # Measure the encoder's memory per batch item and size its batches to the budget (two
+    # subprocess runs; off in tests that do not serve batches).
+    measure_memory: bool = False
 
 
 def load_model(job: HQSamExport):
@@ -108,7 +112,7 @@ def run(job: HQSamExport, settings: Settings) -> hqsam_parity.ParityReport:
     """Export, write the repository, check parity; returns the report (the CLI sets the exit code)."""
     if job.tensorrt:
         tensorrt.require_tensorrt()  # fail before minutes of export, not after
-    steps = Steps(total=5 + (job.precision in PRECISION_STEPS) + job.tensorrt)
+    steps = Steps(total=5 + (job.precision in PRECISION_STEPS) + job.tensorrt + job.measure_memory)
     with steps.step(
         "loading the official model" + (f" from {job.checkpoint}" if job.checkpoint else " (random weights)")
     ):
@@ -136,6 +140,12 @@ def run(job: HQSamExport, settings: Settings) -> hqsam_parity.ParityReport:
                 tensorrt.build_engine(path, path.parent / PLAN_FILE, profiles[key], fp16=job.precision != "fp32")
     with steps.step("writing the model repository configs (cpu and gpu)"):
         write_models(job.repository, names.definitions(settings), settings)
+    if job.measure_memory:
+        with steps.step("measuring the image encoder's memory per batch item (batches of 1 and 2)"):
+            encoder = memory_probe.measure(names.ENCODER, cpu_onnx_file(version_dir(job.repository, names.ENCODER)))
+            encoder.write(job.repository)
+            limits = memory.fit_repository(job.repository, settings.memory)
+            print(memory.describe(job.repository, settings.memory, limits))
     with steps.step("parity check against the official SamPredictor"):
         photos = hqsam_parity.photos(job.precision) if job.parity_image is None else {"given": job.parity_image}
         with torch.no_grad():

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from perceptserve.automatic import parameters
 from perceptserve.settings import Settings
 
+from .admission import guard_name
 from .definitions import ModelDefinition, Runtime, Tensor
 
 SUFFIX = "_automatic"
@@ -52,7 +53,7 @@ def definition(
         instances=serving.instances,
         parameters={
             "family": family,
-            "encoder_model": f"{family}_encoder",
+            "encoder_model": guard_name(f"{family}_encoder"),  # batches and failures as the ensemble's
             "decoder_model": f"{family}_decoder",
             "encoder_outputs": ",".join(encoder_outputs),
             "decoder_flags": ",".join(decoder_flags),

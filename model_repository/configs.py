@@ -81,6 +81,7 @@ def _set_backend(
         config.parameters["onnx_file"].string_value = cpu_file
         config.parameters["intra_op_num_threads"].string_value = str(settings.cpu_onnxruntime.threads)
         config.parameters["allow_spinning"].string_value = str(int(settings.cpu_onnxruntime.allow_spinning))
+        config.parameters["memory_arena"].string_value = str(int(settings.cpu_onnxruntime.memory_arena))
     if on_gpu and has_plan:
         config.platform = "tensorrt_plan"
         config.default_model_filename = PLAN_FILE

@@ -3,8 +3,10 @@
     image bytes + prompts (original pixels)
       -> hqsam_preprocess  decode (limits checked from the header), ResizeLongestSide, pad,
                            validate prompts, map them to the encoder frame
-      -> hqsam_encoder     ViT + HQ fusion convs; dynamic batching; response cache keyed by
-                           the preprocessed image, so a second prompt skips it
+      -> hqsam_encoder_guard  dynamic batching in batches the memory allows; response cache
+                           keyed by the preprocessed image, so a second prompt skips the encoder;
+                           UNAVAILABLE (retryable) for a request the encoder lost (admission.py)
+      -> hqsam_encoder     ViT + HQ fusion convs, one guard batch per run
       -> hqsam_decoder     prompt encoding + HQ mask decoder, N prompt sets at once
       -> hqsam_postprocess logits -> masks at the original size, thresholded; hands on the
                            decoder's outputs, so every output comes from the last step
@@ -19,11 +21,13 @@ from __future__ import annotations
 from perceptserve.settings import Settings
 
 from . import automatic
+from .admission import guard_name, guarded
 from .definitions import DynamicBatching, EnsembleStep, ModelDefinition, Runtime, Tensor
 
 ENSEMBLE = "hqsam"
 PREPROCESS = "hqsam_preprocess"
 ENCODER = "hqsam_encoder"
+ENCODER_GUARD = guard_name(ENCODER)
 DECODER = "hqsam_decoder"
 POSTPROCESS = "hqsam_postprocess"
 
@@ -96,18 +100,20 @@ def definitions(settings: Settings) -> list[ModelDefinition]:
                 "max_points": str(serving.max_points),
             },
         ),
-        ModelDefinition(
-            name=ENCODER,
-            runtime=Runtime.ONNX,
-            inputs=ENCODER_INPUTS,
-            outputs=ENCODER_OUTPUTS,
-            max_batch_size=batching.max_batch_size,
-            instances=serving.encoder_instances,
-            dynamic_batching=DynamicBatching(
-                batching.preferred_batch_sizes, batching.max_queue_delay_us, batching.max_queue_size
-            ),
-            response_cache=serving.encoder_response_cache,
-            warmup=serving.warmup,
+        *guarded(
+            ModelDefinition(
+                name=ENCODER,
+                runtime=Runtime.ONNX,
+                inputs=ENCODER_INPUTS,
+                outputs=ENCODER_OUTPUTS,
+                max_batch_size=batching.max_batch_size,
+                instances=serving.encoder_instances,
+                dynamic_batching=DynamicBatching(
+                    batching.preferred_batch_sizes, batching.max_queue_delay_us, batching.max_queue_size
+                ),
+                response_cache=serving.encoder_response_cache,
+                warmup=serving.warmup,
+            )
         ),
         ModelDefinition(
             name=DECODER,
@@ -138,7 +144,7 @@ def definitions(settings: Settings) -> list[ModelDefinition]:
                     outputs=_same_names(t.name for t in PREPROCESS_OUTPUTS),
                 ),
                 EnsembleStep(
-                    ENCODER,
+                    ENCODER_GUARD,
                     inputs={"image": "encoder_image", "input_size": "input_size"},
                     outputs=_same_names(t.name for t in ENCODER_OUTPUTS),
                 ),

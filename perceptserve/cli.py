@@ -28,8 +28,9 @@ def cmd_export_hqsam(args: argparse.Namespace) -> int:
         precision=args.precision,
         tensorrt=args.tensorrt,
         allow_missing_hq=args.allow_missing_hq,
+        measure_memory=not args.no_memory_probe,
     )
-    report = run(job, settings_module.from_env())
+    report = run(job, _with_memory_budget(settings_module.from_env(), args.memory_budget))
     print(report.format())
     print(f"model repository written to {args.repository}")
     return 0 if report.passed else 3
@@ -55,9 +56,35 @@ def cmd_export_datasetdm(args: argparse.Namespace) -> int:
     return 0 if report.passed else 3
 
 
+def _with_memory_budget(settings, budget: str | None):
+    """`--memory-budget` over PERCEPTSERVE_MEMORY_BUDGET over the detected budget."""
+    import dataclasses
+
+    from perceptserve.parsing import parse_bytes
+
+    if budget is None:
+        return settings
+    memory = dataclasses.replace(settings.memory, budget_bytes=parse_bytes(budget))
+    return dataclasses.replace(settings, memory=memory)
+
+
+def _fit_batches(repository: Path, budget: str | None) -> None:
+    """Batch limits for this machine's (or pod's) budget, where the repository can be written."""
+    from perceptserve.model_repository import memory
+
+    settings = _with_memory_budget(settings_module.from_env(), budget).memory
+    try:
+        limits = memory.fit_repository(repository, settings)
+        if limits:
+            print(memory.describe(repository, settings, limits), flush=True)
+    except OSError as error:
+        print(f"WARNING: batch limits left as exported ({error.strerror}: {error.filename})", file=sys.stderr)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from perceptserve.server.supervisor import serve_forever
 
+    _fit_batches(args.repository, args.memory_budget)
     return serve_forever(
         args.repository, args.config, _server_settings(args), log_file=args.log_file, tritonserver=args.tritonserver
     )
@@ -244,12 +271,33 @@ def _add_url_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_memory_budget_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--memory-budget",
+        metavar="BYTES",
+        help="memory the batches must fit, e.g. 12G (default: PERCEPTSERVE_MEMORY_BUDGET, else the cgroup's limit, "
+        "else the machine's)",
+    )
+
+
+def _add_retries_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=9,
+        help="resend a request the server could not serve now (UNAVAILABLE) up to this many times, "
+        "waiting 1, 2, 4 ... 30 s (default 9: about 2.5 minutes)",
+    )
+
+
 def _add_export_hqsam(families: argparse._SubParsersAction) -> None:
     """`export hqsam`."""
     hqsam = families.add_parser("hqsam", help="HQ-SAM: encoder + HQ decoder to ONNX, with parity check")
     _add_hqsam_model_arguments(hqsam)
     hqsam.add_argument("--repository", type=Path, required=True, help="model repository folder")
     hqsam.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU + tensorrt)")
+    hqsam.add_argument("--no-memory-probe", action="store_true", help="keep the settings' encoder batch limits")
+    _add_memory_budget_argument(hqsam)
     hqsam.add_argument(
         "--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)"
     )
@@ -302,6 +350,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--repository", type=Path, required=True)
     serve.add_argument("--config", choices=[target.value for target in settings_module.DeploymentTarget], default="cpu")
+    _add_memory_budget_argument(serve)
     defaults = settings_module.ServerSettings()
     serve.add_argument("--grpc-port", type=int, default=defaults.grpc_port)
     serve.add_argument("--http-port", type=int, default=defaults.http_port)
@@ -355,6 +404,7 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--format", choices=["png", "rle", "polygons", "coco"], help="default: from --out's name")
     segment.add_argument("--overlay", type=Path, help="the photo with the mask and prompts drawn on it")
     _add_url_argument(segment)
+    _add_retries_argument(segment)
     segment.set_defaults(func=cmd_segment)
 
 
@@ -369,6 +419,7 @@ def _add_segment_all_command(commands: argparse._SubParsersAction) -> None:
     segment_all.add_argument("--concurrency", type=int, default=2, help="folder: requests in flight at once")
     _add_generator_arguments(segment_all)
     _add_url_argument(segment_all)
+    _add_retries_argument(segment_all)
     segment_all.set_defaults(func=cmd_segment_all)
 
 
@@ -381,6 +432,7 @@ def _add_annotate_command(commands: argparse._SubParsersAction) -> None:
     annotate.add_argument("--seed", type=int, default=0, help="the annotation noise's seed")
     annotate.add_argument("--out", type=Path, required=True, help="folder for the mask, preview and depth PNGs")
     _add_url_argument(annotate)
+    _add_retries_argument(annotate)
     _add_annotation_arguments(annotate)
     annotate.set_defaults(func=cmd_annotate)
 
@@ -416,6 +468,7 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
     )
     generate.add_argument("--out", type=Path, required=True, help="dataset folder (resumed if it exists)")
     _add_url_argument(generate)
+    _add_retries_argument(generate)
     _add_annotation_arguments(generate)
     generate.set_defaults(func=cmd_generate)
 

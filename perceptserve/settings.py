@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .parsing import comma_list
+from .parsing import comma_list, parse_bytes  # noqa: F401  (parse_bytes: PERCEPTSERVE_MEMORY_BUDGET)
 
 
 class DeploymentTarget(str, Enum):
@@ -132,6 +132,24 @@ class CpuOnnxRuntime:
     # Idle intra-op threads spin-wait (ONNX Runtime's default). Where several model instances share
     # few cores, spinning threads can steal time from busy ones: PERCEPTSERVE_ORT_SPINNING=0.
     allow_spinning: bool = True
+    # ONNX Runtime's CPU arena keeps the peak of the largest batch for the session's life; off, each
+    # run's activations go back to the system (`onnxruntime_session.cpu_session`).
+    memory_arena: bool = False
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What the batched models may use, for their batch limits (`model_repository/memory.py`).
+
+    Args:
+        budget_bytes: the server's memory; None: the container's cgroup limit, else the machine's
+            (PERCEPTSERVE_MEMORY_BUDGET, the chart's `memoryBudget`; "12G" and "512Mi" are read too).
+        reserve_bytes: kept out of the budget for tritonserver, the python stubs and the unbatched
+            models (the decoders), which are not measured.
+    """
+
+    budget_bytes: int | None = None
+    reserve_bytes: int = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -189,6 +207,7 @@ class Settings:
     automatic: AutomaticServing = field(default_factory=AutomaticServing)
     cpu_onnxruntime: CpuOnnxRuntime = field(default_factory=CpuOnnxRuntime)
     gpu_onnxruntime: GpuOnnxRuntime = field(default_factory=GpuOnnxRuntime)
+    memory: MemoryBudget = field(default_factory=MemoryBudget)
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
@@ -200,6 +219,7 @@ ENV_OVERRIDES = {
         "allow_spinning",
         lambda value: value.lower() in ("1", "true", "yes"),
     ),
+    "PERCEPTSERVE_MEMORY_BUDGET": ("memory", "budget_bytes", parse_bytes),
     "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
     "PERCEPTSERVE_API_KEY": ("server", "api_key", str),
     "PERCEPTSERVE_API_KEY_HEADER": ("server", "api_key_header", str),

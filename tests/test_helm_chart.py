@@ -519,7 +519,7 @@ def test_autoscaling(rendered):
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
     assert metric["pods"]["metric"]["name"] == "nv_inference_queue_duration_per_request_us"
-    assert metric["pods"]["metric"]["selector"] == {"matchLabels": {"model": "hqsam_encoder"}}
+    assert metric["pods"]["metric"]["selector"] == {"matchLabels": {"model": "hqsam_encoder_guard"}}
     assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "20000"}
     # The README carries the prometheus-adapter rule that serves this metric.
     readme = (REPO / "helm" / "README.md").read_text()

@@ -10,7 +10,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from perceptserve.settings import Settings
 
-MODELS = [hqsam.PREPROCESS, hqsam.ENCODER, hqsam.DECODER, hqsam.POSTPROCESS, hqsam.ENSEMBLE]
+MODELS = [hqsam.PREPROCESS, hqsam.ENCODER_GUARD, hqsam.ENCODER, hqsam.DECODER, hqsam.POSTPROCESS, hqsam.ENSEMBLE]
+STEPS = [hqsam.PREPROCESS, hqsam.ENCODER_GUARD, hqsam.DECODER, hqsam.POSTPROCESS]
 
 
 def load(repository, model, target):
@@ -48,16 +49,20 @@ def test_gpu_target_uses_onnxruntime_with_tensorrt_fp16_and_engine_cache(small_v
 
 
 def test_encoder_batches_caches_and_warms_up(small_vit):
+    """The guard batches, queues and caches (without a memory record: the settings' limits); the
+    encoder behind it takes the guard's batches and warms up."""
     settings = Settings().hqsam
     for target in ("cpu", "gpu"):
+        guard = load(small_vit.repository, hqsam.ENCODER_GUARD, target)
         config = load(small_vit.repository, hqsam.ENCODER, target)
-        assert config.max_batch_size == settings.encoder_batching.max_batch_size
-        assert list(config.dynamic_batching.preferred_batch_size) == list(
-            settings.encoder_batching.preferred_batch_sizes
-        )
-        assert config.dynamic_batching.default_queue_policy.max_queue_size == settings.encoder_batching.max_queue_size
-        assert config.response_cache.enable
+        assert guard.max_batch_size == config.max_batch_size == settings.encoder_batching.max_batch_size
+        preferred = list(settings.encoder_batching.preferred_batch_sizes)
+        assert list(guard.dynamic_batching.preferred_batch_size) == preferred
+        assert guard.dynamic_batching.default_queue_policy.max_queue_size == settings.encoder_batching.max_queue_size
+        assert guard.response_cache.enable and guard.parameters["inner_model"].string_value == hqsam.ENCODER
+        assert not config.HasField("dynamic_batching") and not config.response_cache.enable
         assert [w.name for w in config.model_warmup] == ["zeros"]
+        assert config.instance_group[0].count == guard.instance_group[0].count
         assert config.instance_group[0].count == settings.encoder_instances.for_target(target)
     assert load(small_vit.repository, hqsam.PREPROCESS, "cpu").parameters["max_image_pixels"].string_value == str(
         settings.max_image_pixels
@@ -67,7 +72,7 @@ def test_encoder_batches_caches_and_warms_up(small_vit):
 def test_ensemble_wires_every_step(small_vit):
     config = load(small_vit.repository, hqsam.ENSEMBLE, "cpu")
     assert config.platform == "ensemble"
-    assert [s.model_name for s in config.ensemble_scheduling.step] == MODELS[:-1]
+    assert [s.model_name for s in config.ensemble_scheduling.step] == STEPS
     optional = {t.name for t in config.input if t.optional}
     assert optional == {"point_coords", "point_labels", "boxes", "mask_input", "multimask_output", "hq_token_only"}
     assert [t.name for t in config.output] == ["masks", "iou_predictions", "low_res_logits"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from perceptserve.clients import retry
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.server.metrics import completed, samples
@@ -30,8 +31,8 @@ def chart_docs() -> list[dict]:
     return render()
 
 
-def segment(url: str, image: np.ndarray):
-    with HQSamClient(url) as client:
+def segment(url: str, image: np.ndarray, retry_policy: retry.RetryPolicy = retry.DEFAULT):
+    with HQSamClient(url, retry_policy=retry_policy) as client:
         return client.segment(encode_png(image), box=np.array([2.0, 2.0, 40.0, 30.0]))
 
 
@@ -110,7 +111,7 @@ def test_sigterm_finishes_in_flight_ensemble_requests_then_exits(small_vit, char
     )
     assert drained[0].startswith("drained after"), drained  # quiet, not the drain timeout
     with pytest.raises(ClientError, match="UNAVAILABLE"):
-        segment(server.grpc_url, images[0])
+        segment(server.grpc_url, images[0], retry.NO_RETRY)
 
 
 def installed_layout(root: Path) -> Path:

@@ -106,11 +106,11 @@ def test_second_prompt_on_an_image_skips_the_encoder(client, server, photos):
     image = np.ascontiguousarray(photos["astronaut"][::-1])  # an image no other test sends
     client.set_image(image)
     client.predict(**PROMPTS["point"])
-    before = stats(server, "hqsam_encoder")
+    before = stats(server, "hqsam_encoder"), stats(server, "hqsam_encoder_guard")  # the guard holds the cache
     masks, _, _ = client.predict(**PROMPTS["box"])
-    after = stats(server, "hqsam_encoder")
-    assert after[2] == before[2] + 1, "the second request was not a cache hit"
-    assert after[1] == before[1], "the encoder ran again"
+    after = stats(server, "hqsam_encoder"), stats(server, "hqsam_encoder_guard")
+    assert after[1][2] == before[1][2] + 1, "the second request was not a cache hit"
+    assert after[0][1] == before[0][1], "the encoder ran again"
     assert masks.shape == (1, 512, 512)
 
 

@@ -7,8 +7,7 @@ into one run and split back, which is what makes dynamic batching pay on this ba
 
 import os
 
-import numpy as np
-from perceptserve.model_repository.python_models import inputs
+from perceptserve.model_repository.python_models import batching, inputs
 from perceptserve.model_repository.python_models.responses import respond, server_error
 
 from perceptserve.onnxruntime_session import cpu_session
@@ -23,6 +22,7 @@ class TritonPythonModel:
             path,
             threads=int(parameters.get("intra_op_num_threads", "0")),
             allow_spinning=parameters.get("allow_spinning", "1") == "1",
+            memory_arena=parameters.get("memory_arena", "0") == "1",
         )
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
@@ -39,10 +39,7 @@ class TritonPythonModel:
         try:
             if not self.batched:
                 return [self._respond(self._run(feeds)) for feeds in each]
-            sizes = [feeds[self.input_names[0]].shape[0] for feeds in each]
-            joined = {n: np.concatenate([feeds[n] for feeds in each]) for n in self.input_names}
-            outputs = self._run(joined)
-            bounds = np.cumsum([0] + sizes)
-            return [self._respond([o[a:b] for o in outputs]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            joined, bounds = batching.join(each, self.input_names)
+            return [self._respond(outputs) for outputs in batching.split(self._run(joined), bounds)]
         except Exception as exc:  # a model failure is the server's fault, not the caller's
             return [server_error(f"ONNX Runtime failed: {exc}") for _ in requests]
