@@ -132,8 +132,9 @@ class CpuOnnxRuntime:
     # Idle intra-op threads spin-wait (ONNX Runtime's default). Where several model instances share
     # few cores, spinning threads can steal time from busy ones: PERCEPTSERVE_ORT_SPINNING=0.
     allow_spinning: bool = True
-    # ONNX Runtime's CPU arena keeps the peak of the largest batch for the session's life; off, each
-    # run's activations go back to the system (`onnxruntime_session.cpu_session`).
+    # ONNX Runtime's CPU arena keeps the peak of the largest batch for the session's life; off (for
+    # batched models; unbatched ones keep it), each run's activations go back to the system
+    # (`onnxruntime_session.cpu_session`).
     memory_arena: bool = False
 
 
