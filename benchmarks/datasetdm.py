@@ -43,6 +43,7 @@ from perceptserve.datasetdm.source import load
 from perceptserve.imaging import encode_png
 from perceptserve.settings import Settings
 
+from . import datasetdm_full_size
 from .report import write_results
 from .statistics import LatencySummary, ratio
 from .triton_statistics import delta, snapshot
@@ -62,7 +63,8 @@ MODELS = (
 @dataclass(frozen=True)
 class DatasetDMBench:
     out: Path
-    repository: Path | None = None  # a tiny-random export to reuse (its source beside it)
+    repository: Path | None = None  # an export to reuse (tiny-random: its source beside it)
+    diffusion: Path | None = None  # an SD 1.x folder: the real-size comparison (datasetdm_full_size)
     images: int = 4
     steps: int = 20
     side: int = 128
@@ -102,7 +104,7 @@ class Eager:
         latent_side = side // d.vae_scale
 
         def unet(latents, timesteps):
-            return d.unet(latents, timesteps, context).sample
+            return d.unet(torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), context).sample.chunk(2)
 
         def last(latents, timesteps):
             captured = extractor.capture(latents, timesteps, text, uncond)
@@ -148,6 +150,8 @@ def _photos(count: int, side: int) -> list[np.ndarray]:
 
 
 def run(job: DatasetDMBench, settings: Settings) -> dict:
+    if job.diffusion is not None:
+        return datasetdm_full_size.run(job, settings)
     job.out.mkdir(parents=True, exist_ok=True)
     export = DatasetDMExport(repository=job.repository or job.out / "repository", tasks=TASKS)
     if job.repository is None:

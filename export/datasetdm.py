@@ -2,16 +2,18 @@
 models of a Triton model repository, checked against their PyTorch sources.
 
 Steps: load a diffusers SD 1.x folder (or build the tiny random pipeline), build the P-Decoders
-and load their checkpoints strictly (or seed random weights), export the text encoder, the UNet,
-the VAE encoder and decoder, the feature extractor (carrying the decoders' 1x1 projections) and
-the decoders (spectral norm folded) to ONNX with dynamic batch and image size, optionally convert
-to fp16, write every model's `cpu` and `gpu` configs, then run the parity check.
+and load their checkpoints strictly (or seed random weights), export the text encoder, the VAE
+encoder and decoder, the feature extractor (the UNet carrying the decoders' 1x1 projections: the
+only model holding the UNet, so its weights are written once) and the decoders (spectral norm
+folded) to ONNX with dynamic batch and image size, one model at a time, optionally convert to
+fp16, write every model's `cpu` and `gpu` configs, then run the parity check.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -188,10 +190,6 @@ def export_models(models: Models, job: DatasetDMExport, steps: Steps) -> dict[st
             export_modules.TextEncoder(diffusion.text_encoder),
             {"input_ids": diffusion.token_ids(["a cat", "a dog"])},
         ),
-        names.UNET: (
-            export_modules.Denoiser(diffusion.unet),
-            {"sample": latents, "timestep": timestep, "encoder_hidden_states": text},
-        ),
         names.VAE_ENCODER: (export_modules.VaeEncoder(diffusion.vae), {"image": torch.randn(2, 3, *job.parity_size)}),
         names.VAE_DECODER: (export_modules.VaeDecoder(diffusion.vae), {"latents": latents}),
         names.FEATURES: (
@@ -214,9 +212,12 @@ def export_models(models: Models, job: DatasetDMExport, steps: Steps) -> dict[st
             inputs, outputs = names.io(model, shapes)
             path = version_dir(job.repository, model) / ONNX_FILE
             with steps.step(f"exporting {model} to ONNX"):
-                onnx_io.export(module.eval(), example, path, inputs, outputs)
+                # The UNet's weights always in an external file: the CPU graph shares it.
+                external = True if model == names.FEATURES else None
+                onnx_io.export(module.eval(), example, path, inputs, outputs, external_data=external)
             (path.parent / PLAN_FILE).unlink(missing_ok=True)  # a stale engine must not outlive its model
             paths[model] = path
+            gc.collect()  # the exported program's copy of the graph, before the next model
     return paths
 
 
@@ -278,7 +279,7 @@ def write_repository(job: DatasetDMExport, diffusion: Diffusion, decoders: dict,
 
 def run(job: DatasetDMExport, settings: Settings) -> parity.ParityReport:
     """Export, write the repository, check parity; returns the report (the CLI sets the exit code)."""
-    steps = Steps(total=4 + 5 + len(job.tasks) + (job.precision == "fp16"))
+    steps = Steps(total=5 + 4 + len(job.tasks) + (job.precision == "fp16"))
     if job.diffusion is None:
         with steps.step(f"building the tiny random Stable Diffusion pipeline in {job.tiny_source}"):
             diffusion = load(tiny.build(job.tiny_folder, seed=job.seed))
@@ -293,6 +294,8 @@ def run(job: DatasetDMExport, settings: Settings) -> parity.ParityReport:
         with steps.step("converting to fp16 (norms, softmax and erf kept in fp32)"):
             for path in paths.values():
                 onnx_io.to_fp16(path)
+    with steps.step("fusing the feature extractor for ONNX Runtime on the CPU (same weights file)"):
+        onnx_io.write_cpu_graph(paths[names.FEATURES])
     with steps.step("writing the model repository configs (cpu and gpu) and the serving models"):
         write_repository(job, diffusion, models.decoders, settings)
     with steps.step("parity check against diffusers, transformers and DatasetDM's decoder order"):

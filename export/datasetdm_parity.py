@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from perceptserve.model_repository import datasetdm as names
-from perceptserve.model_repository.configs import ONNX_FILE
+from perceptserve.model_repository.configs import cpu_onnx_file
 from perceptserve.model_repository.writer import version_dir
 
 from perceptserve.datasetdm.features import GROUPS, FeatureExtractor
@@ -95,13 +95,25 @@ class ParityReport:
 
 
 class OnnxModels:
-    """ONNX Runtime sessions over the repository's DatasetDM models, called by tensor name."""
+    """ONNX Runtime over the repository's DatasetDM models, called by tensor name, each on the file
+    its `cpu` config serves. One session at a time: a call to another model drops the last one,
+    so a full-size check holds one model's weights and arena (the feature extractor's UNet:
+    3.4 GB in fp32), not all of them."""
 
     def __init__(self, repository: Path, models: list[str]) -> None:
-        self.sessions = {name: cpu_session(version_dir(repository, name) / ONNX_FILE, quiet=True) for name in models}
+        self.repository, self.models = repository, list(models)
+        self.loaded: tuple[str, object] | None = None
+
+    def session(self, model: str):
+        if model not in self.models:
+            raise KeyError(model)
+        if self.loaded is None or self.loaded[0] != model:
+            self.loaded = None  # free the last model before loading the next
+            self.loaded = model, cpu_session(cpu_onnx_file(version_dir(self.repository, model)), quiet=True)
+        return self.loaded[1]
 
     def __call__(self, model: str, **feeds: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        session = self.sessions[model]
+        session = self.session(model)
         arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()}
         return dict(zip([o.name for o in session.get_outputs()], session.run(None, arrays), strict=True))
 
@@ -143,15 +155,12 @@ def check(
         timestep=torch.cat([timestep, timestep]),
         encoder_hidden_states=torch.cat([uncond, text]),
     )
-    noise = diffusion.unet(*doubled.values()).sample
-    ours = onnx(names.UNET, **doubled)["noise_pred"]
-    report.add(f"UNet: noise_pred, doubled batch {2 * batch}", ours, noise.numpy())
+    noise = diffusion.unet(*doubled.values()).sample  # the feature extractor is the served UNet
 
     features = onnx(names.FEATURES, latents=latents, timestep=timestep, text_embeddings=text, uncond_embeddings=uncond)
-    report.add(
-        "feature extractor: noise_pred_uncond (vs the UNet)", features["noise_pred_uncond"], noise[:batch].numpy()
-    )
-    report.add("feature extractor: noise_pred_text (vs the UNet)", features["noise_pred_text"], noise[batch:].numpy())
+    for half, reference in zip(("uncond", "text"), noise.chunk(2), strict=True):
+        what = f"feature extractor: noise_pred_{half} (vs diffusers' UNet)"
+        report.add(what, features[f"noise_pred_{half}"], reference.numpy())
     captured = extractor.capture(latents, timestep, text, uncond)
     raw = [captured.group(extractor.layout, group) for group in GROUPS]
     for task, decoder in decoders.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 import torch
-from perceptserve.model_repository.configs import INT8_ONNX_FILE, PLAN_FILE
+from perceptserve.model_repository.configs import CPU_ONNX_FILE, INT8_ONNX_FILE, PLAN_FILE
 from perceptserve.model_repository.definitions import Tensor
 
 # Protobuf's hard limit is 2 GiB; stay well under it (vit_h's encoder is about 2.5 GB in fp32).
@@ -66,8 +66,10 @@ def export(
     outputs: tuple[Tensor, ...],
     bounds: Mapping[str, torch.export.Dim] | None = None,
     batch=None,
+    external_data: bool | None = None,
 ) -> Path:
-    """Export `module` with torch's dynamo exporter to `path` (and `path.data` when large).
+    """Export `module` with torch's dynamo exporter to `path`, its weights in `path.data` when
+    `external_data` (default: when over protobuf's limit).
 
     `example` is keyed by input name, as segment-anything's export keys its dummy inputs; the
     graph's input and output names and dynamic axes come from the definitions `inputs` and
@@ -75,7 +77,7 @@ def export(
     `batch` as in `dynamic_shapes`."""
     args = check_example(example, inputs, batched=batch is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in (path, path.with_name(path.name + ".data")):
+    for stale in (path, path.with_name(path.name + ".data"), path.with_name(CPU_ONNX_FILE)):
         stale.unlink(missing_ok=True)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -89,8 +91,29 @@ def export(
             dynamic_shapes=dynamic_shapes(inputs, bounds, batch),
             verbose=False,
         )
-    program.save(str(path), external_data=parameter_bytes(module) > EXTERNAL_DATA_THRESHOLD)
+    if external_data is None:
+        external_data = parameter_bytes(module) > EXTERNAL_DATA_THRESHOLD
+    program.save(str(path), external_data=external_data)
     return path
+
+
+def write_cpu_graph(path: Path) -> Path:
+    """ONNX Runtime's fusions of the exported model at `path` (onnxscript's `optimize_for_ort`:
+    scaled dot-product attention -> com.microsoft MultiHeadAttention, which on the CPU never holds
+    the (tokens x tokens) matrix, 1 GiB per self-attention at SD's 64x64 latents; add + LayerNorm
+    -> SkipLayerNormalization), written beside it as CPU_ONNX_FILE. Only the graph is written:
+    its weights stay references into `path`'s external data file, which must exist, so the
+    folder holds them once."""
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    if not path.with_name(path.name + ".data").exists():
+        raise ValueError(f"{path} has no external data file to share with its CPU graph")
+    model = ir.load(str(path))  # external tensors stay on disk, read only where a fusion needs them
+    optimize_for_ort(model)
+    target = path.with_name(CPU_ONNX_FILE)
+    ir.save(model, str(target))
+    return target
 
 
 def to_fp16(path: Path) -> Path:
@@ -142,8 +165,8 @@ def apply_precision(paths: Iterable[Path], precision: str, quantized: Iterable[P
     earlier export are removed: they must not outlive the model they came from."""
     paths, quantized = list(paths), list(quantized)
     for path in paths:
-        (path.parent / PLAN_FILE).unlink(missing_ok=True)
-        (path.parent / INT8_ONNX_FILE).unlink(missing_ok=True)
+        for stale in (PLAN_FILE, INT8_ONNX_FILE, CPU_ONNX_FILE):
+            (path.parent / stale).unlink(missing_ok=True)
     if precision == "fp16":
         for path in paths:
             to_fp16(path)

@@ -22,10 +22,19 @@ PLAN_FILE = "model.plan"
 INT8_ONNX_FILE = "model.int8.onnx"
 
 
+# The same model for ONNX Runtime on the CPU with its own fused operators (MultiHeadAttention:
+# attention without the (tokens x tokens) matrix), a graph only: its weights are ONNX_FILE's
+# external data file, so the repository holds them once. TensorRT reads ONNX_FILE.
+CPU_ONNX_FILE = "model.cpu.onnx"
+
+
 def cpu_onnx_file(folder: Path) -> Path:
-    """The ONNX file a version folder's `cpu` config runs: the int8 copy where there is one."""
-    int8 = Path(folder) / INT8_ONNX_FILE
-    return int8 if int8.exists() else Path(folder) / ONNX_FILE
+    """The ONNX file a version folder's `cpu` config runs: the int8 copy where there is one, else
+    the CPU-fused graph where there is one, else the exported model."""
+    for name in (INT8_ONNX_FILE, CPU_ONNX_FILE):
+        if (Path(folder) / name).exists():
+            return Path(folder) / name
+    return Path(folder) / ONNX_FILE
 
 
 def _tensor(message, tensor: Tensor) -> None:

@@ -554,7 +554,12 @@ def _add_bench_datasetdm(families: argparse._SubParsersAction) -> None:
     bench_datasetdm.add_argument(
         "--repository",
         type=Path,
-        help="an exported tiny-random repository to reuse (default: export to OUT/repository)",
+        help="an exported repository to reuse (default: export to OUT/repository)",
+    )
+    bench_datasetdm.add_argument(
+        "--diffusion",
+        type=Path,
+        help="a real-size SD 1.x folder: served generate + annotations against diffusers' pipeline (image only)",
     )
     bench_datasetdm.add_argument("--images", type=int, default=4, help="timed images per mode and use")
     bench_datasetdm.add_argument("--steps", type=int, default=20, help="denoising steps per generated image")

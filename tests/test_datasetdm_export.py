@@ -52,17 +52,16 @@ def test_export_parity_numbers(tiny_export):
     print(report.format())
     assert report.passed, report.format()
     assert report.relative("text encoder") < 1e-5
-    assert report.relative("UNet") < 1e-4
     assert report.relative("VAE") < 1e-3  # torch's own fp32 VAE is ~1e-4 off float64 here
-    assert report.relative("feature extractor") < 1e-4
+    assert report.relative("feature extractor") < 1e-4  # its noise pair against diffusers' UNet too
     assert report.relative("semantic decoder") < 1e-4
     assert report.relative("depth decoder") < 1e-4
     assert report.relative("instance decoder") < 1e-2  # thresholded attention masks, as semantic
     assert report.relative("pose decoder") < 1e-4
     assert report.agreements[0][1] >= 0.9999  # a pixel whose mask logit is ~0 may flip
     assert report.agreements[1] == ("pose decoder: keypoints within 1/4 pixel, 256x256", 1.0)
-    # text, VAE, UNet, noise pair, 4 tasks x 4 groups, semantic, depth, instance x 2, pose x 2
-    assert len(report.rows) == 1 + 3 + 1 + 2 + 16 + 1 + 1 + 2 + 2
+    # text, VAE, noise pair (the UNet), 4 tasks x 4 groups, semantic, depth, instance x 2, pose x 2
+    assert len(report.rows) == 1 + 3 + 2 + 16 + 1 + 1 + 2 + 2
 
 
 def test_sd14_layout_is_datasetdms(tiny_export):
@@ -87,6 +86,43 @@ def test_repository_configs_match_the_onnx_files(tiny_export):
             assert [i.name for i in config.input] == [i.name for i in session.get_inputs()], model
             assert [o.name for o in config.output] == [o.name for o in session.get_outputs()], model
         assert (folder / "model.py").is_file()
+
+
+def stored_weights(repository) -> dict[bytes, set]:
+    """Every initializer of every ONNX file under `repository`, by content -> where it is stored
+    (an external file and offset, or the ONNX file and name): two graphs that reference one
+    external file hold one copy."""
+    stored: dict[bytes, set] = {}
+    for path in sorted(repository.rglob("*.onnx")):
+        for tensor in onnx.load(str(path), load_external_data=False).graph.initializer:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            if info:
+                offset, length = int(info.get("offset", 0)), int(info["length"])
+                with open(path.parent / info["location"], "rb") as data:
+                    data.seek(offset)
+                    content, place = data.read(length), (path.parent / info["location"], offset)
+            else:
+                content, place = tensor.raw_data, (path, tensor.name)
+            if len(content) >= 1024:  # weights, not shape constants
+                stored.setdefault(content, set()).add(place)
+    return stored
+
+
+def test_repository_holds_the_unet_weights_once(tiny_export):
+    """The UNet is in the feature extractor only (no separate UNet model), and its CPU graph
+    (ONNX Runtime's fused attention) references the same external data file: every UNet
+    convolution weight is stored exactly once, and the CPU graph adds no weights of its own."""
+    unet = tiny_export.diffusion().unet
+    stored = stored_weights(tiny_export.repository)
+    convs = [m.weight for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() * 4 >= 1024]
+    assert len(convs) > 30
+    assert all(len(stored.get(w.detach().numpy().tobytes(), ())) == 1 for w in convs)
+    folder = version_dir(tiny_export.repository, names.FEATURES)
+    assert configs.cpu_onnx_file(folder).name == configs.CPU_ONNX_FILE
+    graph = onnx.load(str(folder / configs.CPU_ONNX_FILE), load_external_data=False).graph
+    assert sum(n.op_type == "MultiHeadAttention" for n in graph.node) == 10  # every self-attention
+    inline = sum(len(t.raw_data) for t in graph.initializer)
+    assert inline < 0.01 * (folder / (configs.ONNX_FILE + ".data")).stat().st_size
 
 
 def test_feature_groups_match_datasetdm_hook_capture(tiny_export):
@@ -190,14 +226,11 @@ def test_onnx_chain_at_other_sizes_and_batches(tiny_export, size, batch):
     assert relative(semantic["class_scores"], scores) < 1e-4
     assert (semantic["class_map"] == class_map.numpy()).mean() >= 0.999
     assert relative(depth, reference_depth) < 1e-4
-    doubled = dict(
-        sample=torch.cat([latents, latents]),
-        timestep=torch.cat([timestep, timestep]),
-        encoder_hidden_states=torch.cat([uncond, text]),
-    )
-    noise = onnx_models(names.UNET, **doubled)["noise_pred"]
     with torch.no_grad():
-        assert relative(noise, diffusion.unet(*doubled.values()).sample) < 1e-4
+        doubled = torch.cat([latents, latents]), torch.cat([timestep, timestep]), torch.cat([uncond, text])
+        noise_uncond, noise_text = diffusion.unet(*doubled).sample.chunk(2)
+    assert relative(features["noise_pred_uncond"], noise_uncond) < 1e-4
+    assert relative(features["noise_pred_text"], noise_text) < 1e-4
 
 
 def test_served_path_equals_datasetdm_order_eagerly(tiny_export):

@@ -9,7 +9,6 @@ import dataclasses
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from perceptserve.clients.triton_io import infer_input
 from perceptserve.model_repository import hqsam
 from perceptserve.model_repository.writer import write_models
 from perceptserve.server.launcher import TritonServer
+from perceptserve.server.memory import server_rss_mib
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.imaging import encode_png
@@ -27,20 +27,6 @@ from .conftest import server_settings
 from .test_serving import BAD_REQUESTS, raw_inputs
 
 pytestmark = pytest.mark.server
-
-
-def server_rss_mib(pid: int) -> float:
-    """Resident memory of tritonserver and its python stubs."""
-    total = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        if status.parent.name == str(pid) or fields.get("PPid", "").strip() == str(pid):
-            total += int(fields.get("VmRSS", "0 kB").split()[0])
-    return total / 1024
 
 
 def test_mixed_load_serves_every_valid_request_without_memory_growth(server):

@@ -2,9 +2,10 @@
 annotations, the whole loop inside the server.
 
     text encoder (one call for every prompt, negative prompt and class name of the batch)
-    -> PNDM loop in Python (diffusers' scheduler, the folder's config), the UNet called through
-       Triton on the doubled batch, the last step through the feature extractor, which yields
-       both noise predictions and the feature groups DatasetDM reads at that step
+    -> PNDM loop in Python (diffusers' scheduler, the folder's config), every step through the
+       feature extractor (the one model that holds the UNet), which runs it on the doubled batch
+       and yields both noise predictions; the last step also takes the feature groups DatasetDM
+       reads there
     -> VAE decoder -> image; the P-Decoders each request asks for (`tasks`, default all exported)
        on the last step's groups, instance inference (`perceptserve.datasetdm.instances`) in Python.
 
@@ -97,26 +98,25 @@ class TritonPythonModel:
             bls.call(names.TEXT_ENCODER, {"input_ids": ids}, ["text_embeddings"])["text_embeddings"]
         )
         per_image = torch.tensor(np.repeat(np.arange(len(jobs)), counts))
-        uncond, text = embeddings[per_image], embeddings[len(jobs) + per_image]
-        context = torch.cat([uncond, text]).numpy()
+        uncond, text = embeddings[per_image].numpy(), embeddings[len(jobs) + per_image].numpy()
         class_embeddings = embeddings[2 * len(jobs) :].split([len(j.class_ids) for j in jobs])
-
-        def unet(latents, timesteps):
-            feeds = {"sample": latents.numpy(), "timestep": timesteps.numpy(), "encoder_hidden_states": context}
-            return torch.from_numpy(bls.call(names.UNET, feeds, ["noise_pred"])["noise_pred"])
-
+        noise_names = ["noise_pred_uncond", "noise_pred_text"]
         group_names = [f"{task}_{group}" for task in self.limits.tasks for group in GROUPS]
 
+        def features(latents, timesteps, outputs):
+            """One pass of the feature extractor, the only model holding the UNet (one copy of its
+            weights): every step asks it for the noise alone, the last for the feature groups too."""
+            feeds = {"latents": latents.numpy(), "timestep": timesteps.numpy()}
+            return bls.call(names.FEATURES, feeds | {"text_embeddings": text, "uncond_embeddings": uncond}, outputs)
+
+        def unet(latents, timesteps):
+            out = features(latents, timesteps, noise_names)
+            return tuple(torch.from_numpy(out[name]) for name in noise_names)
+
         def last(latents, timesteps):
-            feeds = {
-                "latents": latents.numpy(),
-                "timestep": timesteps.numpy(),
-                "text_embeddings": text.numpy(),
-                "uncond_embeddings": uncond.numpy(),
-            }
-            out = bls.call(names.FEATURES, feeds, ["noise_pred_uncond", "noise_pred_text"] + group_names)
+            out = features(latents, timesteps, noise_names + group_names)
             extras = {name: out[name] for name in group_names}
-            return torch.from_numpy(out["noise_pred_uncond"]), torch.from_numpy(out["noise_pred_text"]), extras
+            return torch.from_numpy(out[noise_names[0]]), torch.from_numpy(out[noise_names[1]]), extras
 
         height, width = jobs[0].size
         seeds = [seed for job in jobs for seed in job.seeds]

@@ -21,18 +21,6 @@ class TextEncoder(nn.Module):
         return self.text_encoder(input_ids)[0]
 
 
-class Denoiser(nn.Module):
-    """The UNet's noise prediction. Classifier-free guidance is the caller's: it sends the
-    empty-prompt and prompt halves as one doubled batch and combines the two predictions."""
-
-    def __init__(self, unet) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
-
-
 class VaeEncoder(nn.Module):
     """image (B, 3, H, W) in [-1, 1] -> the latent distribution's mean and standard deviation,
     both scaled by the VAE's scaling factor (0.18215): `latents + latents_std * noise` is

@@ -14,8 +14,8 @@ from typing import TypeVar
 import torch
 
 Extras = TypeVar("Extras")
-# (latents (2B, C, h, w), timesteps (2B,), both halves' text) -> noise prediction (2B, C, h, w)
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (latents (B, C, h, w), timesteps (B,)) -> (uncond noise, text noise), each (B, C, h, w)
+Denoiser = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 # (latents (B, C, h, w), timesteps (B,)) -> (uncond noise, text noise, whatever else the last step yields)
 LastStep = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor, Extras]"]
 
@@ -45,9 +45,10 @@ def denoise(
     scheduler, latents: torch.Tensor, steps: int, guidance: torch.Tensor, unet: Denoiser, last: LastStep
 ) -> tuple[torch.Tensor, Extras]:
     """Classifier-free guided sampling with `scheduler` (a fresh diffusers scheduler: PNDM keeps
-    its history in the instance). Every step but the last calls `unet` on the doubled batch
-    [uncond; text]; the last calls `last`, which also yields what DatasetDM reads there (the
-    feature groups). `guidance` is per image (B,). Returns the final latents and those extras."""
+    its history in the instance). Every step but the last calls `unet`, which predicts the
+    noise of both halves of classifier-free guidance (uncond, text); the last calls `last`,
+    which also yields what DatasetDM reads there (the feature groups). `guidance` is per image
+    (B,). Returns the final latents and those extras."""
     scheduler.set_timesteps(steps)
     latents = latents * scheduler.init_noise_sigma
     scale = guidance.to(latents.dtype)[:, None, None, None]
@@ -58,7 +59,7 @@ def denoise(
         if index == len(timesteps) - 1:
             uncond, text, extras = last(model_input, t.repeat(latents.shape[0]))
         else:
-            uncond, text = unet(torch.cat([model_input, model_input]), t.repeat(2 * latents.shape[0])).chunk(2)
+            uncond, text = unet(model_input, t.repeat(latents.shape[0]))
         noise = uncond + scale * (text - uncond)
         latents = scheduler.step(noise, t, latents).prev_sample
     return latents, extras

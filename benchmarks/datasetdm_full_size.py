@@ -1,0 +1,150 @@
+"""`perceptserve bench datasetdm --diffusion DIR`: DatasetDM at the real size, in one run.
+
+Served: `datasetdm_generate` on an SD 1.x folder's export (semantic + depth), the image and its
+annotations. Eager: diffusers' `StableDiffusionPipeline` from the same folder generating the
+image alone, the same seeds, steps, guidance and size (its PNDM scheduler, CPU generator per
+seed). Eager runs first and is freed before the server starts: both at once would not fit a
+24 GB machine beside the export's 3.4 GB UNet. Besides seconds per image, the server's memory
+(tritonserver and its python stubs, from /proc): ready, after the timed requests, and the peak
+sampled during them; and Triton's per-model time (where a generate request's time goes).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import tritonclient.grpc as grpcclient
+from perceptserve.clients.datasetdm import DatasetDMGenerateClient
+from perceptserve.export.datasetdm import DatasetDMExport
+from perceptserve.export.datasetdm import run as export_repository
+from perceptserve.model_repository import datasetdm as exported
+from perceptserve.model_repository import datasetdm_serving as serving
+from perceptserve.server.launcher import TritonServer
+from perceptserve.server.memory import PeakSampler, server_rss_mib
+
+from perceptserve.settings import Settings
+
+from .report import write_results
+from .statistics import LatencySummary, ratio
+from .triton_statistics import delta, snapshot
+
+TASKS = ("semantic", "depth")
+PROMPT, CLASSES = "a photo of a cat on a couch", ["cat", "couch"]
+TARGET = 0.7  # served generate + annotations / diffusers' image alone, at most (issue 20)
+MODELS = (serving.GENERATE, *exported.model_names(TASKS))
+
+
+def _timed(call, seeds: list[int]) -> LatencySummary:
+    latencies, start = [], time.perf_counter()
+    for seed in seeds:
+        began = time.perf_counter()
+        call(seed)
+        latencies.append(time.perf_counter() - began)
+    return LatencySummary.from_seconds(latencies, time.perf_counter() - start)
+
+
+def diffusers_seconds(folder: Path, seeds: list[int], steps: int, side: int, guidance: float) -> LatencySummary:
+    """diffusers' pipeline, image only, one seed per call, after a one-step warm-up."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def call(seed: int, steps: int = steps) -> None:
+        generator = torch.Generator("cpu").manual_seed(seed)
+        pipe(
+            PROMPT, height=side, width=side, num_inference_steps=steps, guidance_scale=guidance,
+            generator=generator, output_type="np",
+        )  # fmt: skip
+
+    with torch.no_grad():
+        call(seeds[0], 1)
+        return _timed(call, seeds)  # the pipeline is freed on return
+
+
+def served(repository: Path, out: Path, settings: Settings, seeds, steps, side, guidance) -> dict:
+    """Generate with annotations through the server; seconds, memory and per-model time."""
+    with TritonServer(repository, "cpu", settings.server, log_file=out / "tritonserver.log") as server:
+        pid = server.process.pid
+        ready = server_rss_mib(pid)
+        raw = grpcclient.InferenceServerClient(server.grpc_url)
+        with DatasetDMGenerateClient(server.grpc_url) as client:
+
+            def call(seed: int, steps: int = steps) -> None:
+                client.generate(
+                    PROMPT, CLASSES, [seed], steps=steps, guidance=guidance, height=side, width=side, tasks=TASKS
+                )
+
+            with PeakSampler(pid) as first:
+                call(seeds[0], 1)  # warm-up: the arenas grow to this size's peak here
+            before = snapshot(raw, MODELS)
+            with PeakSampler(pid) as timed:
+                summary = _timed(call, seeds)
+            breakdown = {m: s for m, s in delta(before, snapshot(raw, MODELS)).items() if s["requests"]}
+        after = server_rss_mib(pid)
+        raw.close()
+    return {
+        "seconds": summary.to_json(),
+        "memory_mib": {
+            "ready": ready,
+            "peak_first_request": first.peak_mib,
+            "peak_timed_requests": timed.peak_mib,
+            "after": after,
+            "rise_over_ready": max(first.peak_mib, timed.peak_mib) - ready,
+        },
+        "server_breakdown": breakdown,
+    }
+
+
+def run(job, settings: Settings) -> dict:
+    """`job`: a `DatasetDMBench` with `diffusion` set (its `images`, `steps`, `side`, `guidance`)."""
+    job.out.mkdir(parents=True, exist_ok=True)
+    export = DatasetDMExport(repository=job.repository or job.out / "repository", tasks=TASKS, diffusion=job.diffusion)
+    if job.repository is None:
+        export_repository(export, settings)
+    seeds = list(range(job.images))
+    results: dict = {"config": {k: str(v) for k, v in asdict(job).items()}}
+    print(f"diffusers: {job.images} images ({job.steps} steps, {job.side}x{job.side}), image only")
+    eager = diffusers_seconds(job.diffusion, seeds, job.steps, job.side, job.guidance)
+    gc.collect()
+    print("served: the same seeds, image + semantic + depth")
+    results["served"] = served(export.repository, job.out, settings, seeds, job.steps, job.side, job.guidance)
+    results["diffusers"] = eager.to_json()
+    results["served_over_diffusers"] = ratio(results["served"]["seconds"]["mean_ms"], eager.mean_ms)
+    results["meets_target"] = (results["served_over_diffusers"] or 99) <= TARGET
+    write_results(job.out, results, markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    served, memory = results["served"], results["served"]["memory_mib"]
+    lines = [
+        "# DatasetDM at the real size: served generate + annotations vs diffusers (image only)",
+        "",
+        f"config: {results['config']}",
+        "",
+        f"| diffusers s/image | served s/image | served / diffusers | target <= {TARGET} |",
+        "|---|---|---|---|",
+        f"| {results['diffusers']['mean_ms'] / 1e3:.1f} | {served['seconds']['mean_ms'] / 1e3:.1f} | "
+        f"{results['served_over_diffusers']:.2f}x | {'met' if results['meets_target'] else 'missed'} |",
+        "",
+        "## server memory (tritonserver + python stubs, MiB)",
+        "",
+        "| ready | peak, first request | peak, timed requests | after | rise over ready |",
+        "|---|---|---|---|---|",
+        f"| {memory['ready']:.0f} | {memory['peak_first_request']:.0f} | {memory['peak_timed_requests']:.0f} | "
+        f"{memory['after']:.0f} | {memory['rise_over_ready']:.0f} |",
+        "",
+        "## where a generate request's time goes (Triton statistics over the timed requests)",
+        "",
+        "| model | executions | mean request ms | compute infer ms |",
+        "|---|---|---|---|",
+    ]
+    for model, s in served["server_breakdown"].items():
+        request, infer = s["request_ms"] or 0, s["compute_infer_ms"] or 0
+        lines.append(f"| {model} | {s['execution_count']} | {request:.0f} | {infer:.0f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,63 @@
+"""Resident memory of a running tritonserver and its python-backend stubs, read from /proc.
+
+Each python model runs in its own stub process (a child of tritonserver), so the server's memory
+is the sum over that process tree: `VmRSS` now, and `VmHWM` (each process's peak) for an upper
+bound of the peak over a request.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+MIB = 1024  # /proc reports kB
+
+
+def _status(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text()
+    except OSError:  # the process ended while we read
+        return {}
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _tree_field(pid: int, field: str) -> float:
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        fields = _status(status)
+        if status.parent.name == str(pid) or fields.get("PPid", "").strip() == str(pid):
+            total += int(fields.get(field, "0 kB").split()[0])
+    return total / MIB
+
+
+def server_rss_mib(pid: int) -> float:
+    """Resident memory of process `pid` (tritonserver) and its children (the python stubs), MiB."""
+    return _tree_field(pid, "VmRSS")
+
+
+def server_peak_mib(pid: int) -> float:
+    """The sum of each process's peak resident memory (`VmHWM`), MiB: at least the tree's peak."""
+    return _tree_field(pid, "VmHWM")
+
+
+class PeakSampler:
+    """The server's resident memory sampled every `interval_s` while in a `with` block."""
+
+    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
+        self.pid, self.interval_s = pid, interval_s
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, server_rss_mib(self.pid))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
