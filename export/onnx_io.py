@@ -126,9 +126,13 @@ def to_fp16(path: Path) -> Path:
     # The converter appends its Casts after their consumers; ONNX requires topological order
     # (shape inference and stricter importers read the graph in one pass).
     OnnxModel(converted).topological_sort()
-    large = sum(len(t.raw_data) for t in converted.graph.initializer) > EXTERNAL_DATA_THRESHOLD
-    path.with_name(path.name + ".data").unlink(missing_ok=True)
-    onnx.save(converted, str(path), save_as_external_data=large, location=path.name + ".data")
+    data = path.with_name(path.name + ".data")
+    # Weights stay external where they were (a CPU graph is written against them), else when large.
+    external = data.exists() or sum(len(t.raw_data) for t in converted.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+    # The data file is rewritten: a CPU graph pointing into the old one must go (export rewrites it).
+    for stale in (data, path.with_name(CPU_ONNX_FILE)):
+        stale.unlink(missing_ok=True)
+    onnx.save(converted, str(path), save_as_external_data=external, location=data.name)
     return path
 
 
