@@ -13,8 +13,8 @@ each an ONNX model. Their tensors below are the contract the serving models buil
         latents -> datasetdm_vae_decoder -> image
 
 The UNet is in one model only, the feature extractor, so its weights are stored and loaded once
-(860M parameters, 3.4 GB in fp32, for SD 1.x). Its 1x1 projections on the steps that do not need
-them cost about 1% of a UNet pass (benchmarks/README.md).
+(860M parameters, 3.4 GB in fp32, for SD 1.x). Its 1x1 projections, computed on the steps that
+do not need them too, are a small part of a UNet pass (measured: benchmarks/README.md).
 
 Batch dimensions are explicit (-1) and the models do not batch across requests (yet): Triton's
 batcher needs one shared first dimension, which the semantic decoder's class names (K) and the

@@ -89,8 +89,20 @@ def tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def build(folder: Path, seed: int = 0) -> Path:
-    """Build the tiny pipeline and save it under `folder / SOURCE`; return that path."""
+# SD 1.x's own sizes (CompVis/stable-diffusion-v1-4's configs): an 860M-parameter UNet, CLIP
+# ViT-L/14's text encoder (its 49408-token embedding; this tokenizer uses the first few), SD's
+# VAE. Random weights, for measuring memory and time at the real size (benchmarks/README.md).
+FULL_SIZE = dict(
+    unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+    vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
+    text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+              num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768),
+)  # fmt: skip
+
+
+def build(folder: Path, seed: int = 0, full_size: bool = False) -> Path:
+    """Build the tiny pipeline (or with `full_size`, SD 1.x's sizes) and save it under
+    `folder / SOURCE`; return that path."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -100,7 +112,7 @@ def build(folder: Path, seed: int = 0) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    tiny_unet = dict(
         sample_size=32,
         block_out_channels=(32, 32, 64, 64),
         layers_per_block=1,
@@ -110,25 +122,28 @@ def build(folder: Path, seed: int = 0) -> Path:
         attention_head_dim=2,  # SD 1.x's legacy name for the number of heads (8 there)
         norm_num_groups=8,
     )
+    unet = UNet2DConditionModel(**(FULL_SIZE["unet"] if full_size else tiny_unet))
+    tiny_vae = dict(block_out_channels=(8, 16, 32, 32), norm_num_groups=8, sample_size=256)
     vae = AutoencoderKL(
-        block_out_channels=(8, 16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        norm_num_groups=8,
-        sample_size=256,
+        **(FULL_SIZE["vae"] if full_size else tiny_vae),
+    )
+    tiny_text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
             max_position_embeddings=77,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            **(FULL_SIZE["text"] if full_size else tiny_text),
         )
     )
     pipeline = StableDiffusionPipeline(
