@@ -4,8 +4,9 @@ Stages, as the served path runs them:
   encoder  `hqsam_encoder` called directly with the resized, padded image (the input the
            ensemble's preprocessing hands it); a new image each time, so no cache hit. Its
            outputs (12 MB per image) travel back over gRPC: that is part of serving it alone.
-  prompt   the `hqsam` ensemble on an image it has seen: the encoder step is a response-cache
-           hit, so this is decode + preprocessing + prompt decoder + postprocessing.
+  prompt   the `hqsam` ensemble on an image it has seen: the encoder step (its guard, which
+           holds the response cache) is a cache hit, so this is decode + preprocessing + prompt
+           decoder + postprocessing.
   request  the `hqsam` ensemble on a new PNG with one point: what a client waits for.
 """
 
@@ -26,7 +27,7 @@ from .timing import Stage
 from .triton_statistics import ModelStatistics, snapshot
 from .workload import Workload
 
-MODELS = (names.ENSEMBLE, names.PREPROCESS, names.ENCODER, names.DECODER, names.POSTPROCESS)
+MODELS = (names.ENSEMBLE, names.PREPROCESS, names.ENCODER_GUARD, names.ENCODER, names.DECODER, names.POSTPROCESS)
 SETTLE_READS, SETTLE_INTERVAL_S = 50, 0.05
 
 

@@ -454,11 +454,20 @@ def test_smoke_run_of_every_cpu_mode(small_vit, server, tmp_path):
         assert (record["server"] is not None) == (record["mode"] == "triton")
     served = {(r["stage"], r["concurrency"]): r["server"] for r in document["records"] if r["mode"] == "triton"}
     for split in served.values():
-        assert set(split) == {"hqsam", "hqsam_preprocess", "hqsam_encoder", "hqsam_decoder", "hqsam_postprocess"}
+        assert set(split) == {
+            "hqsam",
+            "hqsam_preprocess",
+            "hqsam_encoder_guard",
+            "hqsam_encoder",
+            "hqsam_decoder",
+            "hqsam_postprocess",
+        }
         assert all(set(model) == SPLIT_FIELDS for model in split.values())
-    # The encoder's response cache: a new image misses, a second prompt on a seen image hits.
-    assert served[("request", 1)]["hqsam_encoder"]["cache_misses"] == 1
-    assert served[("prompt", 1)]["hqsam_encoder"]["cache_hits"] == 1
+    # The response cache in front of the encoder (its guard's): a new image misses, a second prompt on a seen
+    # image hits, and only the miss reaches the encoder.
+    assert served[("request", 1)]["hqsam_encoder_guard"]["cache_misses"] == 1
+    assert served[("prompt", 1)]["hqsam_encoder_guard"]["cache_hits"] == 1
+    assert served[("request", 1)]["hqsam_encoder"]["requests"] == 1
     assert served[("request", 1)]["hqsam"]["requests"] == 1
     assert served[("encoder", 1)]["hqsam_encoder"]["compute_infer_ms"] > 0
     assert document["versions"]["tritonserver"].startswith("2.51")
