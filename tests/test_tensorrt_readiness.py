@@ -33,7 +33,9 @@ def fp16_copies(repository: Path, folder: Path) -> dict[str, Path]:
     for model, path in onnx_graphs(repository).items():
         copy = folder / model / path.name
         copy.parent.mkdir(parents=True)
-        shutil.copyfile(path, copy)
+        for source in (path, path.with_name(path.name + ".data")):  # the graph and its external weights, if any
+            if source.exists():
+                shutil.copyfile(source, copy.with_name(source.name))
         copies[model] = onnx_io.to_fp16(copy)
     return copies
 
