@@ -15,7 +15,7 @@ import base64
 import json
 import re
 import subprocess
-from itertools import combinations
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -132,12 +132,15 @@ def full_response(server, model: str, arrays) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("model", list(REQUESTS))
-def test_every_single_output_and_pair_matches_the_full_response(request, model, protocol):
+def test_every_single_output_and_neighbouring_pair_matches_the_full_response(request, model, protocol):
     server, arrays = served(request, model)
     full = full_response(server, model, arrays)
     module = grpcclient if protocol == "grpc" else httpclient
     url = server.grpc_url if protocol == "grpc" else http_address(server)
-    subsets = [subset for size in (1, 2) for subset in combinations(full, size)]
+    # Each output alone, and each beside the next one: every output is asked for with another, in 2n - 1
+    # requests instead of all n(n + 1) / 2 (DatasetDM annotate's outputs made that test CI's slowest).
+    names = list(full)
+    subsets = [(name,) for name in names] + list(pairwise(names))
     with module.InferenceServerClient(url) as client:
         for subset in subsets:
             result = client.infer(
