@@ -5,7 +5,7 @@ request succeed, does any python stub die, and does the server stay under its me
 
 Runs `perceptserve serve` (the supervisor; its batch limits fitted to the budget at start), sends
 one distinct photo with one point from each of `--clients` clients at once (`HQSamClient`, its
-retries on), samples the resident memory of tritonserver and its stubs every 0.2 s, and prints
+retries on), samples the resident memory of the supervisor, tritonserver and its stubs every 0.2 s, and prints
 one row of the README's reliability table: model, clients, budget, batch limit, peak, failures.
 The full-size run (vit_h) needs the machine: run it alone (`flock /tmp/bigjob.lock ...`).
 """
@@ -27,14 +27,14 @@ from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.model_repository import configs, memory
 from perceptserve.model_repository import hqsam as names
 from perceptserve.server import free_port
-from perceptserve.server.stubs import children
+from perceptserve.server.memory import PeakSampler
 from skimage import data as sample_images
 
 from perceptserve.imaging import encode_png
 from perceptserve.parsing import parse_bytes
 from perceptserve.settings import MemoryBudget
 
-GIB = 1 << 30
+GIB, MIB = 1 << 30, 1 << 20
 
 
 def distinct_photos(count: int) -> list[bytes]:
@@ -47,38 +47,6 @@ def distinct_photos(count: int) -> list[bytes]:
         photo = photo[step * 7 :, :: (-1 if step % 2 else 1)]
         variants.append(encode_png(np.ascontiguousarray(photo)))
     return variants
-
-
-def resident_bytes(root: int) -> int:
-    """Resident memory of `root` and every process below it (tritonserver and its stubs)."""
-    total, pending = 0, [root]
-    while pending:
-        pid = pending.pop()
-        pending.extend(children(pid))
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-    return total
-
-
-class Watch:
-    """The peak of `resident_bytes(pid)`, sampled every `period_s` from a thread."""
-
-    def __init__(self, pid: int, period_s: float = 0.2) -> None:
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(period_s,), daemon=True)
-        self._thread.start()
-
-    def _run(self, period_s: float) -> None:
-        while not self._stop.wait(period_s):
-            self.peak = max(self.peak, resident_bytes(self.pid))
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
 
 
 def serve(repository: Path, budget: str | None) -> tuple[subprocess.Popen, str, list[str]]:
@@ -113,12 +81,10 @@ def run(repository: Path, clients: int, budget: str | None) -> dict:
                 return str(error)[:200]
 
     try:
-        watch = Watch(process.pid)
         started = time.monotonic()
-        with ThreadPoolExecutor(clients) as pool:
+        with PeakSampler(process.pid, interval_s=0.2) as watch, ThreadPoolExecutor(clients) as pool:
             outcomes = list(pool.map(one, distinct_photos(clients)))
         seconds = time.monotonic() - started
-        peak = watch.stop()
     finally:
         process.terminate()
         process.wait(120)
@@ -129,7 +95,7 @@ def run(repository: Path, clients: int, budget: str | None) -> dict:
         "clients": clients,
         "budget_gib": memory.budget_bytes(settings) / GIB,
         "max_batch_size": guard.max_batch_size,
-        "peak_gib": peak / GIB,
+        "peak_gib": watch.peak_mib * MIB / GIB,
         "served": outcomes.count("ok"),
         "failures": [outcome for outcome in outcomes if outcome != "ok"],
         "retries": said,

@@ -1,8 +1,8 @@
 """Resident memory of a running tritonserver and its python-backend stubs, read from /proc.
 
 Each python model runs in its own stub process (a child of tritonserver), so the server's memory
-is the sum over that process tree: `VmRSS` now, and `VmHWM` (each process's peak) for an upper
-bound of the peak over a request.
+is the sum over that process tree (from tritonserver, or from the supervisor above it): `VmRSS`
+now, and `VmHWM` (each process's peak) for an upper bound of the peak over a request.
 """
 
 from __future__ import annotations
@@ -22,16 +22,22 @@ def _status(path: Path) -> dict[str, str]:
 
 
 def _tree_field(pid: int, field: str) -> float:
-    total = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
-        fields = _status(status)
-        if status.parent.name == str(pid) or fields.get("PPid", "").strip() == str(pid):
-            total += int(fields.get(field, "0 kB").split()[0])
+    """`field` summed over `pid` and every process below it, from one pass over /proc: a stub's
+    parent is tritonserver, whose parent may be `perceptserve serve` (the supervisor)."""
+    statuses = {int(path.parent.name): _status(path) for path in Path("/proc").glob("[0-9]*/status")}
+    below: dict[int, list[int]] = {}
+    for child, fields in statuses.items():
+        below.setdefault(int(fields.get("PPid", "0").strip() or 0), []).append(child)
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        pending.extend(below.get(current, []))
+        total += int(statuses.get(current, {}).get(field, "0 kB").split()[0])
     return total / MIB
 
 
 def server_rss_mib(pid: int) -> float:
-    """Resident memory of process `pid` (tritonserver) and its children (the python stubs), MiB."""
+    """Resident memory of process `pid` (tritonserver) and every process below it (the python stubs), MiB."""
     return _tree_field(pid, "VmRSS")
 
 

@@ -24,6 +24,7 @@ from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.export import memory_probe
 from perceptserve.model_repository import configs, memory
 from perceptserve.model_repository import hqsam as names
+from perceptserve.server.memory import server_peak_mib
 from perceptserve.server.metrics import samples
 from perceptserve.server.stubs import stub_processes
 
@@ -126,8 +127,7 @@ def test_the_probe_line_predicts_a_larger_batch(measured):
 def server_peak_bytes(server: ChartServer) -> int:
     """tritonserver's and its stubs' resident high-water marks (VmHWM) added up: at least their
     peak together, whenever each peaked."""
-    pids = [server.triton_pid(), *stub_processes(server.triton_pid())]
-    return sum(memory_probe.peak_resident_bytes(f"/proc/{pid}/status") for pid in pids)
+    return int(server_peak_mib(server.triton_pid()) * (1 << 20))
 
 
 def test_a_small_budget_limits_batches_and_a_killed_stub_is_retried(measured):
