@@ -27,6 +27,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from perceptserve.parsing import comma_list
 from perceptserve.settings import MemoryBudget
 
 from . import configs
@@ -126,7 +127,7 @@ def fit_repository(repository: Path, settings: MemoryBudget) -> dict[str, int]:
     for model, (path, parameters) in guards.items():
         limit = min(limits[model], int(parameters["settings_max_batch_size"]))
         limits[model] = limit
-        preferred = tuple(int(size) for size in parameters["settings_preferred_batch_sizes"].split(",") if size)
+        preferred = tuple(int(size) for size in comma_list(parameters["settings_preferred_batch_sizes"]))
         _fit(path, limit, preferred)
         _fit(Path(repository) / model / "configs" / "cpu.pbtxt", limit, None)
     return limits
