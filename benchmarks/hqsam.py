@@ -1,4 +1,5 @@
-"""`perceptserve bench hqsam`: eager vs ONNX Runtime vs served HQ-SAM, side by side in one run.
+"""`perceptserve bench hqsam|sam`: eager vs ONNX Runtime vs served, side by side in one run, for
+a SAM family (HQ-SAM, or plain SAM / MobileSAM against their own official predictor).
 
 Steps: export the model repository (unless one is given), load the official model for the
 eager mode, then per mode time each stage (at each concurrency for the server), and write
@@ -19,13 +20,13 @@ import torch
 from perceptserve.export.hqsam import HQSamExport, load_model
 from perceptserve.export.hqsam import run as export_repository
 from perceptserve.export.progress import Steps
-from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import VERSION
 from perceptserve.server import TritonServer, free_port
 
 from perceptserve.hqsam import registry
-from perceptserve.hqsam.official import SamPredictor
+from perceptserve.hqsam.families import HQSAM, Family
+from perceptserve.hqsam.official import predictor_for
 from perceptserve.settings import Settings
 
 from . import records
@@ -59,6 +60,7 @@ def default_modes() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class BenchJob:
     model: str | registry.Architecture  # a model type, or a config (tests use small ViTs)
+    family: Family = HQSAM
     checkpoint: Path | None = None  # None: random weights from `seed`
     seed: int = 0
     modes: tuple[str, ...] = ("eager", "onnxruntime", "triton")
@@ -104,7 +106,11 @@ class BenchJob:
 
     def command(self) -> str:
         """The command line that runs this job, for the report."""
-        parts = ["perceptserve bench hqsam", f"--model-type {self.model_type}", f"--precision {self.precision}"]
+        parts = [
+            f"perceptserve bench {self.family.name}",
+            f"--model-type {self.model_type}",
+            f"--precision {self.precision}",
+        ]
         parts.append(f"--checkpoint {self.checkpoint}" if self.checkpoint else f"--random-init --seed {self.seed}")
         parts += [
             f"--modes {','.join(self.modes)}",
@@ -128,14 +134,15 @@ class BenchJob:
         return HQSamExport(
             model=self.model,
             repository=self.repository_path,
+            family=self.family,
             checkpoint=self.checkpoint,
             seed=self.seed,
             precision=self.precision,
         )
 
 
-def _exported(repository: Path) -> bool:
-    return all((repository / model / VERSION / ONNX_FILE).exists() for model in (names.ENCODER, names.DECODER))
+def _exported(repository: Path, family: Family) -> bool:
+    return all((repository / model / VERSION / ONNX_FILE).exists() for model in (family.encoder, family.decoder))
 
 
 @contextmanager
@@ -159,22 +166,22 @@ def _open_runner(
     elif mode == "torch-fp16":
         yield TorchEncoderRunner(sam, workload)
     elif mode == "onnxruntime":
-        yield OnnxRuntimeRunner(mode, job.onnxruntime.predictor(repository), workload)
+        yield OnnxRuntimeRunner(mode, job.onnxruntime.predictor(repository, job.family), workload)
     elif mode == "onnxruntime-int8":
         with tempfile.TemporaryDirectory(prefix="perceptserve-int8-") as folder:
-            int8 = job.onnxruntime.predictor(quantized_repository(repository, Path(folder)))
-            result.int8 = mask_agreement(job.onnxruntime.predictor(repository), int8, workload.image)
+            int8 = job.onnxruntime.predictor(quantized_repository(repository, Path(folder), job.family), job.family)
+            result.int8 = mask_agreement(job.onnxruntime.predictor(repository, job.family), int8, workload.image)
             yield OnnxRuntimeRunner(mode, int8, workload)
     elif mode == "triton":
         with _server_url(job, settings) as (url, description):
-            runner = TritonRunner(url, workload, job.concurrency)
+            runner = TritonRunner(url, workload, job.concurrency, job.family)
             try:
                 result.versions["tritonserver"] = runner.server_version()
                 result.options["server"] = description
                 if job.start_server:  # nothing has been sent to this server yet
                     result.cold_start = first_request_ratio(runner.client, Workload(workload.image))
                 if sam is not None:  # what the served masks cost in quality (an int8 encoder)
-                    result.served_agreement = mask_agreement(SamPredictor(sam), runner.client, workload.image)
+                    result.served_agreement = mask_agreement(predictor_for(sam), runner.client, workload.image)
                 yield runner
             finally:
                 runner.close()
@@ -215,11 +222,12 @@ def run(job: BenchJob, settings: Settings) -> BenchResult:
     job.check()
     job.out.mkdir(parents=True, exist_ok=True)
     needs_repository = any(mode in ONNX_MODES for mode in job.modes) or ("triton" in job.modes and job.start_server)
-    export = needs_repository and not _exported(job.repository_path)
+    export = needs_repository and not _exported(job.repository_path, job.family)
     needs_sam = "eager" in job.modes or "torch-fp16" in job.modes
     steps = Steps(total=export + bool(job.perf_analyzer_data) + needs_sam + len(job.modes) + 1)
     workload = Workload(sample_photo())
     result = BenchResult(
+        family=job.family.name,
         model_type=job.model_type,
         weights=job.weights,
         command=job.command(),

@@ -22,7 +22,6 @@ from perceptserve.clients import automatic as wire
 from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.export.hqsam import HQSamExport, load_model
 from perceptserve.export.hqsam import run as export_repository
-from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import VERSION
 from perceptserve.server import TritonServer, free_port
@@ -31,6 +30,7 @@ from skimage import data as sample_images
 from perceptserve.automatic import rle
 from perceptserve.automatic.parameters import GeneratorParameters
 from perceptserve.errors import UserError
+from perceptserve.hqsam.families import HQSAM
 from perceptserve.hqsam.official import SamAutomaticMaskGenerator, SamPredictor
 from perceptserve.imaging import encode_png
 from perceptserve.settings import Settings
@@ -56,7 +56,7 @@ class AutomaticBench:
 
 
 def _exported(repository: Path) -> bool:
-    return all((repository / m / VERSION / ONNX_FILE).exists() for m in (names.ENCODER, names.DECODER))
+    return all((repository / m / VERSION / ONNX_FILE).exists() for m in (HQSAM.encoder, HQSAM.decoder))
 
 
 def _warmup_image() -> np.ndarray:

@@ -25,11 +25,11 @@ from perceptserve.clients import retry
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.model_repository import configs, memory
-from perceptserve.model_repository import hqsam as names
 from perceptserve.server import free_port
 from perceptserve.server.memory import PeakSampler
 from skimage import data as sample_images
 
+from perceptserve.hqsam.families import HQSAM
 from perceptserve.imaging import encode_png
 from perceptserve.parsing import parse_bytes
 from perceptserve.settings import MemoryBudget
@@ -88,7 +88,7 @@ def run(repository: Path, clients: int, budget: str | None) -> dict:
     finally:
         process.terminate()
         process.wait(120)
-    guard = configs.parse((repository / names.ENCODER_GUARD / "configs" / "cpu.pbtxt").read_text())
+    guard = configs.parse((repository / HQSAM.encoder_guard / "configs" / "cpu.pbtxt").read_text())
     settings = MemoryBudget(budget_bytes=parse_bytes(budget) if budget else None)
     return {
         "model": repository.name,

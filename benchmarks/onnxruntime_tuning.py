@@ -13,10 +13,10 @@ import numpy as np
 import onnxruntime as ort
 from perceptserve.export import onnx_io
 from perceptserve.export.hqsam_parity import mask_iou, prompt_cases
-from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import version_dir
 
+from perceptserve.hqsam.families import Family
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 
 OPTIMIZATION_LEVELS = {
@@ -32,27 +32,29 @@ class OrtTuning:
     threads: int = 0  # intra-op threads; 0: one per core
     optimization: str = "all"  # a key of OPTIMIZATION_LEVELS
 
-    def predictor(self, repository: Path) -> OnnxPredictor:
-        return OnnxPredictor(repository, threads=self.threads, optimization=OPTIMIZATION_LEVELS[self.optimization])
+    def predictor(self, repository: Path, family: Family) -> OnnxPredictor:
+        return OnnxPredictor(
+            repository, family, threads=self.threads, optimization=OPTIMIZATION_LEVELS[self.optimization]
+        )
 
     def to_json(self) -> dict:
         return {"threads": self.threads, "graph_optimization_level": self.optimization}
 
 
-def quantized_repository(repository: Path, folder: Path) -> Path:
+def quantized_repository(repository: Path, folder: Path, family: Family) -> Path:
     """A repository in `folder` holding an int8 copy of the encoder and the fp32 decoder.
 
     Weights become int8 (activations are quantised at run time); the decoder is linked, not
     copied: it is small, runs once per prompt, and is kept in fp32 so that the comparison with
     fp32 isolates the encoder.
     """
-    source = version_dir(repository, names.ENCODER) / ONNX_FILE
-    target = version_dir(folder, names.ENCODER) / ONNX_FILE
-    decoder = version_dir(folder, names.DECODER) / ONNX_FILE
+    source = version_dir(repository, family.encoder) / ONNX_FILE
+    target = version_dir(folder, family.encoder) / ONNX_FILE
+    decoder = version_dir(folder, family.decoder) / ONNX_FILE
     for path in (target, decoder):
         path.parent.mkdir(parents=True, exist_ok=True)
     decoder.unlink(missing_ok=True)
-    os.symlink((version_dir(repository, names.DECODER) / ONNX_FILE).resolve(), decoder)
+    os.symlink((version_dir(repository, family.decoder) / ONNX_FILE).resolve(), decoder)
     onnx_io.quantize_int8(source, target)
     return folder
 

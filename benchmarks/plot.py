@@ -10,6 +10,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from perceptserve.hqsam.families import by_name
+
 from .records import BenchResult, Record
 
 PERCENTILE_STYLES = (("p50_ms", "-", "p50"), ("p90_ms", "--", "p90"), ("p99_ms", ":", "p99"))
@@ -39,7 +41,7 @@ def write_plot(result: BenchResult, path: Path) -> Path:
         xlabel="concurrent requests",
         ylabel="latency (ms; p50 solid, p90 dashed, p99 dotted)",
         yscale="log",
-        title=f"HQ-SAM {result.model_type}: latency",
+        title=f"{by_name(result.family).title} {result.model_type}: latency",
     )
     throughput.set(xlabel="concurrent requests", ylabel="images / s", yscale="log", title="throughput")
     levels = sorted({r.concurrency for r in result.records})

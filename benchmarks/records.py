@@ -58,6 +58,7 @@ class BenchResult:
     export_parity: dict | None = None
     served_agreement: dict | None = None  # served masks against the official predictor's
     cold_start: dict | None = None  # the first request after ready against the next ones
+    family: str = "hqsam"  # the SAM family benchmarked (`perceptserve.hqsam.families`)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def find(self, mode: str, stage: str, concurrency: int = 1, batch: int = 1) -> Record | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from perceptserve.hqsam.families import by_name
+
 from .records import SCHEMA_VERSION, BenchResult, Record
 from .statistics import ratio
 from .targets import verdicts
@@ -27,6 +29,7 @@ def to_json(result: BenchResult) -> dict:
         "schema_version": SCHEMA_VERSION,
         "created": result.created,
         "command": result.command,
+        "family": result.family,
         "model_type": result.model_type,
         "weights": result.weights,
         "machine": result.machine,
@@ -67,7 +70,7 @@ def _header(result: BenchResult) -> list[str]:
     ort = options.get("onnxruntime", {})
     threads = ort.get("threads", 0)
     return [
-        f"# HQ-SAM benchmark: {result.model_type}",
+        f"# {by_name(result.family).title} benchmark: {result.model_type}",
         "",
         f"Made by `{result.command}` on {result.created}.",
         "",

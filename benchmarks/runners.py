@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from perceptserve.hqsam.geometry import resize_and_pad
-from perceptserve.hqsam.official import SamPredictor
+from perceptserve.hqsam.official import predictor_for
 
 from .timing import Stage
 from .triton_statistics import ModelStatistics
@@ -73,7 +73,7 @@ class PredictorRunner(Runner):
 
 class EagerRunner(PredictorRunner):
     def __init__(self, sam, workload: Workload) -> None:
-        super().__init__("eager", SamPredictor(sam), workload)
+        super().__init__("eager", predictor_for(sam), workload)
 
 
 def encoder_feed(image: np.ndarray) -> dict[str, np.ndarray]:

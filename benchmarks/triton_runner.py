@@ -22,23 +22,25 @@ from perceptserve.clients.triton_io import to_client_error
 from perceptserve.model_repository import hqsam as names
 from tritonclient.utils import InferenceServerException
 
+from perceptserve.hqsam.families import Family
+
 from .runners import Runner, encoder_feed
 from .timing import Stage
 from .triton_statistics import ModelStatistics, snapshot
 from .workload import Workload
 
-MODELS = (names.ENSEMBLE, names.PREPROCESS, names.ENCODER_GUARD, names.ENCODER, names.DECODER, names.POSTPROCESS)
 SETTLE_READS, SETTLE_INTERVAL_S = 50, 0.05
 
 
 class TritonRunner(Runner):
     mode = "triton"
 
-    def __init__(self, url: str, workload: Workload, concurrency_levels: tuple[int, ...]) -> None:
+    def __init__(self, url: str, workload: Workload, concurrency_levels: tuple[int, ...], family: Family) -> None:
         self.url = url
         self.workload = workload
         self.concurrency_levels = concurrency_levels
-        self.client = HQSamClient(url)
+        self.family = family
+        self.client = HQSamClient(url, model_name=family.ensemble)
         self.triton = grpcclient.InferenceServerClient(url)
 
     def server_version(self) -> str:
@@ -53,9 +55,9 @@ class TritonRunner(Runner):
             tensor = grpcclient.InferInput(name, list(array.shape), dtype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(t.name) for t in names.ENCODER_OUTPUTS]
+        outputs = [grpcclient.InferRequestedOutput(t.name) for t in names.tensors(self.family).encoder_outputs]
         try:
-            self.triton.infer(names.ENCODER, inputs, outputs=outputs)
+            self.triton.infer(self.family.encoder, inputs, outputs=outputs)
         except InferenceServerException as exc:
             raise to_client_error(exc) from None
 
@@ -84,10 +86,10 @@ class TritonRunner(Runner):
     def statistics(self) -> dict[str, ModelStatistics]:
         """Triton counts a request when it releases it, which can be just after the client has
         its response: read until two snapshots agree, so that a run's last request is in."""
-        current = snapshot(self.triton, MODELS)
+        current = snapshot(self.triton, self.family.models)
         for _ in range(SETTLE_READS):
             time.sleep(SETTLE_INTERVAL_S)
-            again = snapshot(self.triton, MODELS)
+            again = snapshot(self.triton, self.family.models)
             if again == current:
                 break
             current = again

@@ -1,4 +1,5 @@
-"""`HQSamClient`: HQ-SAM over Triton's gRPC API with `SamPredictor`'s two-phase interface.
+"""`HQSamClient`: HQ-SAM over Triton's gRPC API with `SamPredictor`'s two-phase interface; plain
+SAM and MobileSAM with `model_name="sam"` (the same inputs, 3 masks with `multimask_output`).
 
     client = HQSamClient("127.0.0.1:8001")
     client.set_image(image)                       # HWC uint8 RGB
@@ -31,6 +32,7 @@ import tritonclient.grpc.aio as aioclient
 from perceptserve.model_repository import hqsam as names
 from tritonclient.utils import InferenceServerException
 
+from perceptserve.hqsam.families import HQSAM
 from perceptserve.hqsam.prompts import as_prompt_batch
 from perceptserve.imaging import encode_png
 
@@ -38,14 +40,14 @@ from . import automatic, retry
 from .errors import ClientError
 from .triton_io import infer_input, to_client_error
 
-OUTPUTS = [t.name for t in names.ENSEMBLE_OUTPUTS]
+OUTPUTS = names.tensors(HQSAM).output_names  # the same names in every family
 
 
 @dataclass
 class Segmentation:
-    masks: np.ndarray  # [N, 1, H, W] bool
-    scores: np.ndarray  # [N, 1]
-    low_res_logits: np.ndarray  # [N, 1, 256, 256]
+    masks: np.ndarray  # [N, C, H, W] bool: C is 1, or 3 for plain SAM with multimask_output
+    scores: np.ndarray  # [N, C]
+    low_res_logits: np.ndarray  # [N, C, 256, 256]
 
     def as_predictor_output(self, single: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if single:
@@ -95,7 +97,7 @@ class HQSamClient:
     def __init__(
         self,
         url: str = "127.0.0.1:8001",
-        model_name: str = names.ENSEMBLE,
+        model_name: str = HQSAM.ensemble,
         timeout_s: float | None = None,
         retry_policy: retry.RetryPolicy = retry.DEFAULT,
     ) -> None:
@@ -180,7 +182,7 @@ class AsyncHQSamClient:
     def __init__(
         self,
         url: str = "127.0.0.1:8001",
-        model_name: str = names.ENSEMBLE,
+        model_name: str = HQSAM.ensemble,
         timeout_s: float | None = None,
         retry_policy: retry.RetryPolicy = retry.DEFAULT,
     ) -> None:

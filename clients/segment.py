@@ -82,8 +82,9 @@ def segment_file(
         multimask_output=multimask,
         hq_token_only=hq_token_only,
     )
-    mask = masks[0]
-    write_masks(out, kind, masks[:1], scores[:1], image_path.name)
+    best = int(np.argmax(scores))  # plain SAM gives 3 candidates with --multimask: the best
+    mask = masks[best]
+    write_masks(out, kind, masks[best : best + 1], scores[best : best + 1], image_path.name)
     if overlay:
         overlay.parent.mkdir(parents=True, exist_ok=True)
         draw_overlay(decode_for_drawing(data), mask, prompt.points, prompt.labels, prompt.box).save(overlay)
@@ -93,7 +94,7 @@ def segment_file(
 def segment_command(args: argparse.Namespace) -> int:
     prompt = parse_prompt(args.point, args.box)
     kind = format_for(args.out, args.format)
-    with HQSamClient(args.url, retry_policy=retry.from_retries(args.retries)) as client:
+    with HQSamClient(args.url, model_name=args.model, retry_policy=retry.from_retries(args.retries)) as client:
         mask = segment_file(
             client, args.image, prompt, args.multimask, args.hq_token_only, args.out, args.overlay, kind
         )

@@ -1,8 +1,9 @@
-"""Parity of our ONNX pipeline with the official HQ-SAM `SamPredictor` on real photos.
+"""Parity of our ONNX pipeline with a SAM family's official `SamPredictor` on real photos
+(`segment_anything_hq`'s, or `segment_anything`'s / `mobile_sam`'s for plain SAM and MobileSAM).
 
-Compared: image embeddings and `hq_features` (max abs difference, relative to the reference's
-largest magnitude), low-resolution logits, and the final masks (IoU), for points, a negative
-point, a box, box + point, under every `multimask_output` x `hq_token_only` combination.
+Compared: image embeddings and, for HQ-SAM, `hq_features` (max abs difference, relative to the
+reference's largest magnitude), low-resolution logits, and the final masks (IoU), for points, a
+negative point, a box, box + point, under every `multimask_output` (x `hq_token_only`) setting.
 fp32 and fp16 are checked on one photo; int8, whose error depends on the image's activations,
 on several, and is judged by the worst mask IoU alone (its embeddings differ by design).
 """
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from skimage import data as sample_images
 
-from perceptserve.hqsam.official import Sam, SamPredictor
+from perceptserve.hqsam.families import HQSAM, Family
+from perceptserve.hqsam.official import Sam, SamPredictor, package_of, predictor_for
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 
 
@@ -47,6 +49,7 @@ def photos(precision: str) -> dict[str, np.ndarray]:
 @dataclass
 class ParityReport:
     tolerance: Tolerance
+    reference: str = "segment_anything_hq"  # the official package compared with
     rows: list[tuple[str, float, float]] = field(default_factory=list)  # (what, max abs diff, relative)
     ious: list[tuple[str, float]] = field(default_factory=list)
 
@@ -63,7 +66,7 @@ class ParityReport:
         return all(rel <= self.tolerance.relative for *_, rel in self.rows) and self.min_iou >= self.tolerance.mask_iou
 
     def format(self) -> str:
-        lines = ["parity against the official segment_anything_hq SamPredictor:"]
+        lines = [f"parity against the official {self.reference} SamPredictor:"]
         lines += [f"  {what:<44} max abs diff {diff:.3e}  relative {rel:.3e}" for what, diff, rel in self.rows]
         worst = min(self.ious, key=lambda item: item[1])
         lines.append(f"  mask IoU over {len(self.ious)} cases: min {self.min_iou:.5f} ({worst[0]})")
@@ -100,23 +103,27 @@ def reference_hq_features(sam: Sam, predictor: SamPredictor) -> np.ndarray:
         return (decoder.embedding_encoder(predictor.features) + decoder.compress_vit_feat(early)).numpy()
 
 
-def check_photo(report: ParityReport, sam: Sam, ours: OnnxPredictor, image: np.ndarray, label: str = "") -> None:
+def check_photo(
+    report: ParityReport, sam: Sam, ours: OnnxPredictor, image: np.ndarray, family: Family, label: str = ""
+) -> None:
     """Add one photo's rows and IoU cases to `report` (`label` prefixes them)."""
-    reference = SamPredictor(sam)
+    reference = predictor_for(sam)
     reference.set_image(image)
     ours.set_image(image)
-    report.add(f"{label}image_embeddings [1, 256, 64, 64]", ours.features[0], reference.features.numpy())
-    report.add(f"{label}hq_features [1, 32, 256, 256]", ours.features[1], reference_hq_features(sam, reference))
+    report.add(
+        f"{label}image_embeddings [1, 256, 64, 64]", ours.features["image_embeddings"], reference.features.numpy()
+    )
+    if family.hq:
+        hq_features = reference_hq_features(sam, reference)
+        report.add(f"{label}hq_features [1, 32, 256, 256]", ours.features["hq_features"], hq_features)
     worst: dict[str, tuple[float, float]] = {}
     cases = 0
-    for (name, prompt), multimask, hq_only in product(
-        prompt_cases(*image.shape[:2]).items(), (False, True), (False, True)
-    ):
-        ref_masks, ref_scores, ref_low = reference.predict(**prompt, multimask_output=multimask, hq_token_only=hq_only)
-        masks, scores, low = ours.predict(**prompt, multimask_output=multimask, hq_token_only=hq_only)
-        report.ious.append(
-            (f"{label}{name}, multimask={multimask}, hq_token_only={hq_only}", mask_iou(masks, ref_masks))
-        )
+    hq_settings = ({"hq_token_only": False}, {"hq_token_only": True}) if family.hq else ({},)
+    for (name, prompt), multimask, hq in product(prompt_cases(*image.shape[:2]).items(), (False, True), hq_settings):
+        ref_masks, ref_scores, ref_low = reference.predict(**prompt, multimask_output=multimask, **hq)
+        masks, scores, low = ours.predict(**prompt, multimask_output=multimask, **hq)
+        case = ", ".join([f"{label}{name}", f"multimask={multimask}", *(f"{k}={v}" for k, v in hq.items())])
+        report.ious.append((case, mask_iou(masks, ref_masks)))
         cases += 1
         for what, mine, theirs in (("low_res_logits", low, ref_low), ("iou_predictions", scores, ref_scores)):
             diff = float(np.abs(mine - theirs).max())
@@ -126,9 +133,12 @@ def check_photo(report: ParityReport, sam: Sam, ours: OnnxPredictor, image: np.n
         report.rows.append((f"{label}{what}, worst of {cases} prompt cases", diff, relative))
 
 
-def check(sam: Sam, ours: OnnxPredictor, images: dict[str, np.ndarray], precision: str = "fp32") -> ParityReport:
-    """Every photo of `images` (name -> HWC uint8), each under every prompt case."""
-    report = ParityReport(Tolerance.for_precision(precision))
+def check(
+    sam: Sam, ours: OnnxPredictor, images: dict[str, np.ndarray], precision: str = "fp32", family: Family = HQSAM
+) -> ParityReport:
+    """Every photo of `images` (name -> HWC uint8), each under every prompt case, against the
+    `SamPredictor` of the official package that built `sam`."""
+    report = ParityReport(Tolerance.for_precision(precision), reference=package_of(sam).__name__)
     for name, image in images.items():
-        check_photo(report, sam, ours, image, f"{name}: " if len(images) > 1 else "")
+        check_photo(report, sam, ours, image, family, f"{name}: " if len(images) > 1 else "")
     return report

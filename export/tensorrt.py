@@ -25,10 +25,11 @@ class Profile:
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 
-def hqsam_profiles(max_batch_size: int, max_prompt_sets: int, max_points: int) -> dict[str, Profile]:
-    """Profiles for the HQ-SAM encoder and decoder from the serving limits.
+def hqsam_profiles(max_batch_size: int, max_prompt_sets: int, max_points: int, hq: bool = True) -> dict[str, Profile]:
+    """Profiles for a SAM family's encoder and decoder from the serving limits.
 
-    Decoder points: P' = points + 1 (box corners or the padding point) per prompt set.
+    Decoder points: P' = points + 2 (box corners, or the padding point) per prompt set. Plain
+    SAM's decoder also takes the mask tokens to return: 1, or 3 with multimask_output.
     """
     encoder = Profile(
         {
@@ -46,6 +47,7 @@ def hqsam_profiles(max_batch_size: int, max_prompt_sets: int, max_points: int) -
             "point_coords": ((1, 0, 2), (1, 2, 2), (sets, points, 2)),
             "point_labels": ((1, 0), (1, 2), (sets, points)),
             "mask_input": ((1, 1, 256, 256), (1, 1, 256, 256), (sets, 1, 256, 256)),
+            **({} if hq else {"mask_slots": ((1,), (1,), (3,))}),
         }
     )
     return {"encoder": encoder, "decoder": decoder}

@@ -37,12 +37,10 @@ def model_name(family: str) -> str:
     return family + SUFFIX
 
 
-def definition(
-    family: str, encoder_outputs: tuple[str, ...], decoder_flags: tuple[str, ...], settings: Settings
-) -> ModelDefinition:
+def definition(family: str, encoder_outputs: tuple[str, ...], settings: Settings) -> ModelDefinition:
     """`<family>_automatic` over `<family>_encoder` and `<family>_decoder`. `encoder_outputs` are
-    passed to the decoder under the same names; `decoder_flags` are the decoder's runtime flags
-    among `multimask_output` and `hq_token_only`."""
+    passed to the decoder under the same names; the decoder's mask-selection inputs follow from the
+    family (`prompts.mask_selection`)."""
     serving = settings.automatic
     return ModelDefinition(
         name=model_name(family),
@@ -56,7 +54,6 @@ def definition(
             "encoder_model": guard_name(f"{family}_encoder"),  # batches and failures as the ensemble's
             "decoder_model": f"{family}_decoder",
             "encoder_outputs": ",".join(encoder_outputs),
-            "decoder_flags": ",".join(decoder_flags),
             "max_image_pixels": str(settings.hqsam.max_image_pixels),
             **{name: str(value) for name, value in asdict(serving.limits).items()},
         },

@@ -25,6 +25,21 @@ def version_dir(repository: Path, model: str) -> Path:
     return Path(repository) / model / VERSION
 
 
+def remove_models(repository: Path, models: tuple[str, ...]) -> None:
+    """Delete these models' folders (a previous export of the same family); others stay."""
+    for model in models:
+        shutil.rmtree(Path(repository) / model, ignore_errors=True)
+
+
+def recorded_parameter(repository: Path, model: str, key: str) -> str | None:
+    """A parameter of a model's written config (its `cpu` one), None where there is none."""
+    path = Path(repository) / model / "configs" / f"{DeploymentTarget.CPU.value}.pbtxt"
+    if not path.is_file():
+        return None
+    parameters = configs.parse(path.read_text()).parameters
+    return parameters[key].string_value if key in parameters else None
+
+
 def _python_source(name: str) -> Path:
     return Path(str(resources.files("perceptserve.model_repository.python_models") / name))
 

@@ -13,16 +13,17 @@ from pathlib import Path
 
 from perceptserve import settings as settings_module
 from perceptserve.errors import UserError
-from perceptserve.model_types import HQSAM_MODEL_TYPES
+from perceptserve.hqsam import families as sam_families
 from perceptserve.parsing import comma_list
 
 
-def cmd_export_hqsam(args: argparse.Namespace) -> int:
+def cmd_export_sam_family(args: argparse.Namespace) -> int:
     from perceptserve.export.hqsam import HQSamExport, run
 
     job = HQSamExport(
         model=args.model_type,
         repository=args.repository,
+        family=sam_families.by_name(args.family),
         checkpoint=args.checkpoint,
         seed=args.seed,
         precision=args.precision,
@@ -184,7 +185,7 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     return _bench_from_args(GenerateConcurrencyBench, run, args)
 
 
-def cmd_bench_hqsam(args: argparse.Namespace) -> int:
+def cmd_bench_sam_family(args: argparse.Namespace) -> int:
     from perceptserve.benchmarks.hqsam import BenchConfigError, BenchJob, default_modes, run
     from perceptserve.benchmarks.onnxruntime_tuning import OrtTuning
 
@@ -194,6 +195,7 @@ def cmd_bench_hqsam(args: argparse.Namespace) -> int:
         raise UserError(f"--concurrency {args.concurrency}: give integers separated by commas, e.g. 1,2,4") from None
     job = BenchJob(
         model=args.model_type,
+        family=sam_families.by_name(args.family),
         checkpoint=args.checkpoint,
         seed=args.seed,
         modes=comma_list(args.modes) if args.modes is not None else default_modes(),
@@ -240,11 +242,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def _add_hqsam_model_arguments(parser: argparse.ArgumentParser) -> None:
+CHECKPOINT_HELP = {
+    "hqsam": "official HQ-SAM checkpoint (sam_hq_vit_*.pth)",
+    "sam": "official SAM (sam_vit_*.pth) or MobileSAM (mobile_sam.pt) checkpoint",
+}
+
+
+def _add_sam_model_arguments(parser: argparse.ArgumentParser, family: sam_families.Family) -> None:
     """`--model-type` and where the weights come from: a checkpoint, or seeded random values."""
-    parser.add_argument("--model-type", required=True, choices=HQSAM_MODEL_TYPES)
+    parser.add_argument("--model-type", required=True, choices=family.model_types)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="official HQ-SAM checkpoint (sam_hq_vit_*.pth)")
+    source.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP[family.name])
     source.add_argument("--random-init", action="store_true", help="random weights (tests, demos, benchmarks)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     parser.add_argument(
@@ -290,18 +298,19 @@ def _add_retries_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_export_hqsam(families: argparse._SubParsersAction) -> None:
-    """`export hqsam`."""
-    hqsam = families.add_parser("hqsam", help="HQ-SAM: encoder + HQ decoder to ONNX, with parity check")
-    _add_hqsam_model_arguments(hqsam)
-    hqsam.add_argument("--repository", type=Path, required=True, help="model repository folder")
-    hqsam.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU + tensorrt)")
-    hqsam.add_argument("--no-memory-probe", action="store_true", help="keep the settings' encoder batch limits")
-    _add_memory_budget_argument(hqsam)
-    hqsam.add_argument(
-        "--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)"
-    )
-    hqsam.set_defaults(func=cmd_export_hqsam)
+def _add_export_sam_family(families: argparse._SubParsersAction, family: sam_families.Family, title: str) -> None:
+    """`export hqsam|sam`: one export for every SAM family."""
+    sam = families.add_parser(family.name, help=title)
+    _add_sam_model_arguments(sam, family)
+    sam.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    sam.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU + tensorrt)")
+    sam.add_argument("--no-memory-probe", action="store_true", help="keep the settings' encoder batch limits")
+    _add_memory_budget_argument(sam)
+    if family.hq:
+        sam.add_argument(
+            "--allow-missing-hq", action="store_true", help="accept a plain SAM checkpoint (HQ parts random)"
+        )
+    sam.set_defaults(func=cmd_export_sam_family, allow_missing_hq=False)
 
 
 def _add_export_datasetdm(families: argparse._SubParsersAction) -> None:
@@ -335,10 +344,15 @@ def _add_export_datasetdm(families: argparse._SubParsersAction) -> None:
 
 
 def _add_export_command(commands: argparse._SubParsersAction) -> None:
-    """`export hqsam|datasetdm`."""
+    """`export hqsam|sam|datasetdm`."""
     export = commands.add_parser("export", help="export a model family into a Triton model repository")
     families = export.add_subparsers(dest="family", required=True)
-    _add_export_hqsam(families)
+    _add_export_sam_family(families, sam_families.HQSAM, "HQ-SAM: encoder + HQ decoder to ONNX, with parity check")
+    _add_export_sam_family(
+        families,
+        sam_families.SAM,
+        "plain SAM (vit_b/l/h) or MobileSAM (vit_t): encoder + decoder to ONNX, with parity check",
+    )
     _add_export_datasetdm(families)
 
 
@@ -387,7 +401,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 def _add_segment_command(commands: argparse._SubParsersAction) -> None:
     """`segment`."""
-    segment = commands.add_parser("segment", help="segment an image with HQ-SAM over gRPC")
+    segment = commands.add_parser("segment", help="segment an image with HQ-SAM or SAM over gRPC")
     segment.add_argument("image", type=Path)
     segment.add_argument(
         "--point", action="append", default=[], metavar="X,Y[,LABEL]", help="repeatable; LABEL 1 (default) or 0"
@@ -404,6 +418,9 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--format", choices=["png", "rle", "polygons", "coco"], help="default: from --out's name")
     segment.add_argument("--overlay", type=Path, help="the photo with the mask and prompts drawn on it")
     _add_url_argument(segment)
+    segment.add_argument(
+        "--model", default=sam_families.HQSAM.ensemble, choices=list(sam_families.FAMILIES), help="the family to call"
+    )
     _add_retries_argument(segment)
     segment.set_defaults(func=cmd_segment)
 
@@ -483,45 +500,41 @@ def _add_dataset_command(commands: argparse._SubParsersAction) -> None:
     merge.set_defaults(func=cmd_dataset_merge)
 
 
-def _add_bench_hqsam(families: argparse._SubParsersAction) -> None:
-    """`bench hqsam`."""
-    bench_hqsam = families.add_parser("hqsam", help="HQ-SAM: encoder, prompt and full-request latency")
-    _add_hqsam_model_arguments(bench_hqsam)
-    bench_hqsam.add_argument(
+def _add_bench_sam_family(families: argparse._SubParsersAction, family: sam_families.Family) -> None:
+    """`bench hqsam|sam`: the same benchmark for each SAM family."""
+    bench = families.add_parser(family.name, help=f"{family.title}: encoder, prompt and full-request latency")
+    _add_sam_model_arguments(bench, family)
+    bench.add_argument(
         "--modes",
         help="comma-separated among eager, onnxruntime, onnxruntime-int8, triton, torch-fp16 "
         "(default: eager,onnxruntime,triton, plus torch-fp16 on a GPU)",
     )
-    bench_hqsam.add_argument(
-        "--concurrency", default="1,2,4", help="concurrent requests for the triton mode (default 1,2,4)"
-    )
-    bench_hqsam.add_argument("--requests", type=int, default=10, help="timed requests per mode, stage and concurrency")
-    bench_hqsam.add_argument("--warmup", type=int, default=1, help="untimed requests before each timed run")
-    bench_server = bench_hqsam.add_mutually_exclusive_group()
+    bench.add_argument("--concurrency", default="1,2,4", help="concurrent requests for the triton mode (default 1,2,4)")
+    bench.add_argument("--requests", type=int, default=10, help="timed requests per mode, stage and concurrency")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed requests before each timed run")
+    bench_server = bench.add_mutually_exclusive_group()
     bench_server.add_argument("--url", help="gRPC HOST:PORT of a running `perceptserve serve`")
     bench_server.add_argument("--start-server", action="store_true", help="start the bundled tritonserver for the run")
-    bench_hqsam.add_argument(
+    bench.add_argument(
         "--out", type=Path, default=Path("bench-output"), help="folder for results.json, results.md, latency.png"
     )
-    bench_hqsam.add_argument(
+    bench.add_argument(
         "--repository", type=Path, help="an exported repository to reuse (default: export to OUT/repository)"
     )
-    bench_hqsam.add_argument(
-        "--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)"
-    )
-    bench_hqsam.add_argument(
+    bench.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
+    bench.add_argument(
         "--ort-optimization",
         choices=["disable", "basic", "extended", "all"],
         default="all",
         help="ONNX Runtime graph optimisation level",
     )
-    bench_hqsam.add_argument(
+    bench.add_argument(
         "--perf-analyzer-data",
         type=Path,
         metavar="FILE",
-        help="also write perf_analyzer's input data for the hqsam ensemble (see benchmarks/README.md)",
+        help=f"also write perf_analyzer's input data for the {family.name} ensemble (see benchmarks/README.md)",
     )
-    bench_hqsam.set_defaults(func=cmd_bench_hqsam)
+    bench.set_defaults(func=cmd_bench_sam_family)
 
 
 def _add_bench_hqsam_automatic(families: argparse._SubParsersAction) -> None:
@@ -587,10 +600,11 @@ def _add_bench_generate(families: argparse._SubParsersAction) -> None:
 
 
 def _add_bench_command(commands: argparse._SubParsersAction) -> None:
-    """`bench hqsam|hqsam-automatic|datasetdm|generate`."""
+    """`bench hqsam|sam|hqsam-automatic|datasetdm|generate`."""
     bench = commands.add_parser("bench", help="benchmark eager vs ONNX Runtime vs served, side by side")
     bench_families = bench.add_subparsers(dest="family", required=True)
-    _add_bench_hqsam(bench_families)
+    for family in (sam_families.HQSAM, sam_families.SAM):
+        _add_bench_sam_family(bench_families, family)
     _add_bench_hqsam_automatic(bench_families)
     _add_bench_datasetdm(bench_families)
     _add_bench_generate(bench_families)
@@ -599,7 +613,7 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
 def _add_demo_command(commands: argparse._SubParsersAction) -> None:
     """`demo`."""
     demo = commands.add_parser("demo", help="export, serve and segment a sample photo end to end")
-    demo.add_argument("--model-type", default="vit_tiny", choices=HQSAM_MODEL_TYPES)
+    demo.add_argument("--model-type", default="vit_tiny", choices=sam_families.HQSAM.model_types)
     demo.add_argument("--checkpoint", type=Path)
     demo.add_argument("--repository", type=Path, default=Path("repository"))
     demo.add_argument("--out", type=Path, default=Path("demo-output"))

@@ -1,4 +1,4 @@
-"""One real request through each served HQ-SAM ensemble before the server counts as ready.
+"""One real request through each served SAM-family ensemble (`hqsam`, `sam`) before the server counts as ready.
 
 Triton's own warm-up runs each model alone with made-up inputs; what it leaves cold is the path
 between them: the ensemble scheduler's first request, the python stubs' first real inputs and
@@ -10,17 +10,19 @@ users' is used, so no image size's resize matrices are prepared for them by acci
 from __future__ import annotations
 
 import numpy as np
-from perceptserve.model_repository import hqsam as names
 from skimage import data as sample_images
 
+from perceptserve.hqsam.families import FAMILIES
 from perceptserve.imaging import encode_png
 
 
 def warm_up_ensembles(repository, grpc_url: str) -> None:
-    if not (repository / names.ENSEMBLE).is_dir():
+    served = [family.ensemble for family in FAMILIES.values() if (repository / family.ensemble).is_dir()]
+    if not served:
         return
     from perceptserve.clients.hqsam import HQSamClient
 
-    photo = sample_images.astronaut()  # 512 x 512
-    with HQSamClient(grpc_url) as client:
-        client.segment(encode_png(photo), point_coords=np.array([[256.0, 200.0]]), point_labels=np.array([1]))
+    photo = encode_png(sample_images.astronaut())  # 512 x 512
+    for ensemble in served:
+        with HQSamClient(grpc_url, model_name=ensemble) as client:
+            client.segment(photo, point_coords=np.array([[256.0, 200.0]]), point_labels=np.array([1]))

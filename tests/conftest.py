@@ -20,10 +20,12 @@ from perceptserve.model_repository.writer import version_dir, write_models
 from perceptserve.server import TritonServer, free_port
 from skimage import data as sample_images
 
+from perceptserve.hqsam.families import HQSAM
 from perceptserve.hqsam.registry import ViTConfig
 from perceptserve.settings import ServerSettings, Settings
 
 from .datasetdm_fixtures import tiny_export  # noqa: F401  (one session fixture for every DatasetDM test file)
+from .sam_fixtures import sam_small_vit, sam_vit_t  # noqa: F401  (the plain SAM / MobileSAM exports)
 
 # `_build_sam` with two blocks, the second a global-attention block (HQ-SAM's early feature).
 SMALL_VIT = ViTConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,))
@@ -56,8 +58,8 @@ def small_vit_int8(small_vit, tmp_path_factory) -> Exported:
     same graphs, so no second export): the encoder gets its int8 copy, the configs are rewritten."""
     repository = tmp_path_factory.mktemp("small_vit_int8") / "repository"
     shutil.copytree(small_vit.repository, repository)
-    paths = {model: version_dir(repository, model) / configs.ONNX_FILE for model in (names.ENCODER, names.DECODER)}
-    onnx_io.apply_precision(paths.values(), "int8", quantized=[paths[names.ENCODER]])
+    paths = {model: version_dir(repository, model) / configs.ONNX_FILE for model in (HQSAM.encoder, HQSAM.decoder)}
+    onnx_io.apply_precision(paths.values(), "int8", quantized=[paths[HQSAM.encoder]])
     write_models(repository, names.definitions(Settings()), Settings())
     exported = copy.copy(small_vit)
     exported.repository = repository
@@ -104,11 +106,11 @@ def repo_root() -> Path:
 
 
 def official_batched(sam, image: np.ndarray, points=None, labels=None, boxes=None, multimask=False, hq_only=False):
-    """The official predictor on N prompt sets at once (`predict_torch` with transformed prompts):
-    masks [N, 1, H, W], scores [N, 1], low-res logits [N, 1, 256, 256] as numpy."""
-    from perceptserve.hqsam.official import ResizeLongestSide, SamPredictor
+    """The official predictor of `sam`'s package on N prompt sets at once (`predict_torch` with
+    transformed prompts): masks [N, C, H, W], scores [N, C], low-res logits [N, C, 256, 256]."""
+    from perceptserve.hqsam.official import ResizeLongestSide, predictor_for
 
-    predictor = SamPredictor(sam)
+    predictor = predictor_for(sam)
     predictor.set_image(image)
     transform = ResizeLongestSide(1024)
     size = image.shape[:2]
@@ -116,7 +118,6 @@ def official_batched(sam, image: np.ndarray, points=None, labels=None, boxes=Non
     label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.int)
     box_tensor = None if boxes is None else torch.as_tensor(transform.apply_boxes(boxes, size), dtype=torch.float)
     with torch.no_grad():
-        outputs = predictor.predict_torch(
-            coords, label_tensor, box_tensor, multimask_output=multimask, hq_token_only=hq_only
-        )
+        hq = {"hq_token_only": True} if hq_only else {}  # plain SAM's predictor has no such argument
+        outputs = predictor.predict_torch(coords, label_tensor, box_tensor, multimask_output=multimask, **hq)
     return [o.numpy() for o in outputs]

@@ -23,11 +23,11 @@ from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.export import memory_probe
 from perceptserve.model_repository import configs, memory
-from perceptserve.model_repository import hqsam as names
 from perceptserve.server.memory import server_peak_mib
 from perceptserve.server.metrics import samples
 from perceptserve.server.stubs import stub_processes
 
+from perceptserve.hqsam.families import HQSAM
 from perceptserve.imaging import encode_png
 from perceptserve.parsing import parse_bytes
 from perceptserve.settings import MemoryBudget
@@ -108,14 +108,14 @@ def measured(small_vit, tmp_path_factory):
     """A copy of the session's small ViT repository with the encoder's memory line measured."""
     repository = tmp_path_factory.mktemp("admission") / "repository"
     shutil.copytree(small_vit.repository, repository)
-    onnx_file = configs.cpu_onnx_file(repository / names.ENCODER / "1")
-    memory_probe.measure(names.ENCODER, onnx_file).write(repository)
+    onnx_file = configs.cpu_onnx_file(repository / HQSAM.encoder / "1")
+    memory_probe.measure(HQSAM.encoder, onnx_file).write(repository)
     return repository
 
 
 def test_the_probe_line_predicts_a_larger_batch(measured):
-    record = memory.records(measured)[names.ENCODER]
-    onnx_file = configs.cpu_onnx_file(measured / names.ENCODER / "1")
+    record = memory.records(measured)[HQSAM.encoder]
+    onnx_file = configs.cpu_onnx_file(measured / HQSAM.encoder / "1")
     actual = memory_probe.peak_bytes(onnx_file, 3)
     predicted = record.fixed_bytes + 3 * record.per_item_bytes
     print(f"\nsmall ViT encoder: {record.per_item_bytes / 2**20:.0f} MiB per image; batch 3 {actual / 2**20:.0f} MiB, "
@@ -131,7 +131,7 @@ def server_peak_bytes(server: ChartServer) -> int:
 
 
 def test_a_small_budget_limits_batches_and_a_killed_stub_is_retried(measured):
-    record = memory.records(measured)[names.ENCODER]
+    record = memory.records(measured)[HQSAM.encoder]
     reserve = MemoryBudget().reserve_bytes
     budget = reserve + record.fixed_bytes + int(2.5 * record.per_item_bytes)  # room for two images
     server = ChartServer(render("--set", f"triton.memoryBudget={budget}"), measured, "cpu")
@@ -148,15 +148,15 @@ def test_a_small_budget_limits_batches_and_a_killed_stub_is_retried(measured):
 
     try:
         server.wait_for("ready:")
-        guard = configs.parse((measured / names.ENCODER_GUARD / "configs" / "cpu.pbtxt").read_text())
-        encoder = configs.parse((measured / names.ENCODER / "configs" / "cpu.pbtxt").read_text())
+        guard = configs.parse((measured / HQSAM.encoder_guard / "configs" / "cpu.pbtxt").read_text())
+        encoder = configs.parse((measured / HQSAM.encoder / "configs" / "cpu.pbtxt").read_text())
         assert (guard.max_batch_size, list(guard.dynamic_batching.preferred_batch_size)) == (2, [2])
         assert encoder.max_batch_size == 2 and not encoder.HasField("dynamic_batching")
         with ThreadPoolExecutor(8) as pool:
             shapes = list(pool.map(segment, images[:8]))
         assert shapes == [(1, 1, 120, 160)] * 8 and said == []
         values = samples(http_get(server.url("metrics", "/metrics"))[1])
-        runs = {name: values[(metric, names.ENCODER)]
+        runs = {name: values[(metric, HQSAM.encoder)]
                 for name, metric in (("items", "nv_inference_count"), ("runs", "nv_inference_exec_count"))}  # fmt: skip
         peak = server_peak_bytes(server)
         print(f"\nbudget {budget / GIB:.2f} GiB: 8 clients, 8 served; encoder {runs['items']:.0f} images in "

@@ -331,6 +331,7 @@ def test_report_files_have_every_field(tmp_path):
         "schema_version",
         "created",
         "command",
+        "family",
         "model_type",
         "weights",
         "machine",

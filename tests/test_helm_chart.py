@@ -569,9 +569,11 @@ def test_helm_test_script_uses_the_ensemble_api():
     """The test script's tensors are the hqsam ensemble's public ones (names, types, ranks)."""
     from perceptserve.model_repository import hqsam
 
+    from perceptserve.hqsam.families import HQSAM
+
     script = (CHART / "files" / "test_inference.py").read_text()
     inputs = {t.name: t for t in hqsam.ENSEMBLE_INPUTS}
-    outputs = {t.name: t for t in hqsam.ENSEMBLE_OUTPUTS}
+    outputs = {t.name: t for t in hqsam.tensors(HQSAM).ensemble_outputs}
     sent = dict(re.findall(r'InferInput\("(\w+)", list\(\w+\.shape\), "(\w+)"\)', script))
     assert sent == {"image": "BYTES", "point_coords": "FP32", "point_labels": "INT32"}
     for name, dtype in sent.items():
@@ -579,7 +581,7 @@ def test_helm_test_script_uses_the_ensemble_api():
     required = {name for name, tensor in inputs.items() if not tensor.optional}
     assert required <= set(sent)
     assert set(re.findall(r'as_numpy\("(\w+)"\)', script)) == set(outputs)
-    assert hqsam.ENSEMBLE == "hqsam"
+    assert HQSAM.ensemble == "hqsam"
     assert len(outputs["masks"].dims) == 4 and len(outputs["iou_predictions"].dims) == 2
 
 
@@ -880,6 +882,8 @@ class TritonPythonModel:
 def stand_in_repository(root: Path) -> Path:
     from perceptserve.model_repository import hqsam
 
+    from perceptserve.hqsam.families import HQSAM
+
     def tensors(items) -> str:
         return ",\n".join(
             f'  {{ name: "{t.name}" data_type: TYPE_{t.dtype} dims: [ {", ".join(map(str, t.dims))} ]'
@@ -888,12 +892,12 @@ def stand_in_repository(root: Path) -> Path:
             for t in items
         )
 
-    model = root / hqsam.ENSEMBLE
+    model = root / HQSAM.ensemble
     (model / "configs").mkdir(parents=True)
     (model / "1").mkdir()
     (model / "configs" / "gpu.pbtxt").write_text(
-        f'name: "{hqsam.ENSEMBLE}"\nbackend: "python"\nmax_batch_size: 0\n'
-        f"input [\n{tensors(hqsam.ENSEMBLE_INPUTS)}\n]\noutput [\n{tensors(hqsam.ENSEMBLE_OUTPUTS)}\n]\n"
+        f'name: "{HQSAM.ensemble}"\nbackend: "python"\nmax_batch_size: 0\n'
+        f"input [\n{tensors(hqsam.ENSEMBLE_INPUTS)}\n]\noutput [\n{tensors(hqsam.tensors(HQSAM).ensemble_outputs)}\n]\n"
         "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
     )
     (model / "1" / "model.py").write_text(STAND_IN_HQSAM)

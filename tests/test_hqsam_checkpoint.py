@@ -34,7 +34,9 @@ def test_official_format_round_trip(tmp_path, state):
 
 def test_plain_sam_checkpoint_is_refused(tmp_path, state):
     plain = {k: v for k, v in state.items() if not k.startswith(checkpoint_loading.HQ_PREFIXES)}
-    with pytest.raises(CheckpointError, match="no HQ-SAM parts .*hf_token"):
+    with pytest.raises(
+        CheckpointError, match="plain SAM checkpoint \\(no HQ-SAM parts: missing .*hf_token.*`perceptserve export sam`"
+    ):
         checkpoint_loading.load_strict(
             build_reference(SMALL_VIT), checkpoint_loading.read_state_dict(save(tmp_path, plain))
         )

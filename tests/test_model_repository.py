@@ -8,10 +8,11 @@ from perceptserve.model_repository import configs, definitions, hqsam
 from perceptserve.model_repository.writer import write_models
 from tritonclient.grpc import model_config_pb2 as mc
 
+from perceptserve.hqsam.families import HQSAM
 from perceptserve.settings import Settings
 
-MODELS = [hqsam.PREPROCESS, hqsam.ENCODER_GUARD, hqsam.ENCODER, hqsam.DECODER, hqsam.POSTPROCESS, hqsam.ENSEMBLE]
-STEPS = [hqsam.PREPROCESS, hqsam.ENCODER_GUARD, hqsam.DECODER, hqsam.POSTPROCESS]
+MODELS = list(HQSAM.models)
+STEPS = [HQSAM.preprocess, HQSAM.encoder_guard, HQSAM.decoder, HQSAM.postprocess]
 
 
 def load(repository, model, target):
@@ -32,11 +33,11 @@ def test_cpu_target_runs_everything_in_the_python_backend(small_vit):
         assert config.backend == "python"
         assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
         assert (small_vit.repository / model / "1" / "model.py").is_file()
-    assert load(small_vit.repository, hqsam.ENCODER, "cpu").parameters["onnx_file"].string_value == "model.onnx"
+    assert load(small_vit.repository, HQSAM.encoder, "cpu").parameters["onnx_file"].string_value == "model.onnx"
 
 
 def test_gpu_target_uses_onnxruntime_with_tensorrt_fp16_and_engine_cache(small_vit):
-    for model in (hqsam.ENCODER, hqsam.DECODER):
+    for model in (HQSAM.encoder, HQSAM.decoder):
         config = load(small_vit.repository, model, "gpu")
         assert config.platform == "onnxruntime_onnx" and config.backend == ""
         assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
@@ -45,7 +46,7 @@ def test_gpu_target_uses_onnxruntime_with_tensorrt_fp16_and_engine_cache(small_v
         assert accelerator.parameters["precision_mode"] == "FP16"
         assert accelerator.parameters["trt_engine_cache_enable"] == "1"
         assert accelerator.parameters["trt_engine_cache_path"] == f"/cache/tensorrt/{model}"
-    assert load(small_vit.repository, hqsam.PREPROCESS, "gpu").backend == "python"
+    assert load(small_vit.repository, HQSAM.preprocess, "gpu").backend == "python"
 
 
 def test_encoder_batches_caches_and_warms_up(small_vit):
@@ -53,24 +54,24 @@ def test_encoder_batches_caches_and_warms_up(small_vit):
     encoder behind it takes the guard's batches and warms up."""
     settings = Settings().hqsam
     for target in ("cpu", "gpu"):
-        guard = load(small_vit.repository, hqsam.ENCODER_GUARD, target)
-        config = load(small_vit.repository, hqsam.ENCODER, target)
+        guard = load(small_vit.repository, HQSAM.encoder_guard, target)
+        config = load(small_vit.repository, HQSAM.encoder, target)
         assert guard.max_batch_size == config.max_batch_size == settings.encoder_batching.max_batch_size
         preferred = list(settings.encoder_batching.preferred_batch_sizes)
         assert list(guard.dynamic_batching.preferred_batch_size) == preferred
         assert guard.dynamic_batching.default_queue_policy.max_queue_size == settings.encoder_batching.max_queue_size
-        assert guard.response_cache.enable and guard.parameters["inner_model"].string_value == hqsam.ENCODER
+        assert guard.response_cache.enable and guard.parameters["inner_model"].string_value == HQSAM.encoder
         assert not config.HasField("dynamic_batching") and not config.response_cache.enable
         assert [w.name for w in config.model_warmup] == ["zeros"]
         assert config.instance_group[0].count == guard.instance_group[0].count
         assert config.instance_group[0].count == settings.encoder_instances.for_target(target)
-    assert load(small_vit.repository, hqsam.PREPROCESS, "cpu").parameters["max_image_pixels"].string_value == str(
+    assert load(small_vit.repository, HQSAM.preprocess, "cpu").parameters["max_image_pixels"].string_value == str(
         settings.max_image_pixels
     )
 
 
 def test_ensemble_wires_every_step(small_vit):
-    config = load(small_vit.repository, hqsam.ENSEMBLE, "cpu")
+    config = load(small_vit.repository, HQSAM.ensemble, "cpu")
     assert config.platform == "ensemble"
     assert [s.model_name for s in config.ensemble_scheduling.step] == STEPS
     optional = {t.name for t in config.input if t.optional}
@@ -81,12 +82,12 @@ def test_ensemble_wires_every_step(small_vit):
 def test_a_built_engine_switches_the_gpu_config_to_tensorrt_plan(small_vit, tmp_path):
     repository = tmp_path / "repo"
     shutil.copytree(small_vit.repository, repository)
-    (repository / hqsam.ENCODER / "1" / "model.plan").write_bytes(b"engine")
+    (repository / HQSAM.encoder / "1" / "model.plan").write_bytes(b"engine")
     write_models(repository, hqsam.definitions(Settings()), Settings())
-    encoder = load(repository, hqsam.ENCODER, "gpu")
+    encoder = load(repository, HQSAM.encoder, "gpu")
     assert encoder.platform == "tensorrt_plan" and encoder.default_model_filename == "model.plan"
-    assert load(repository, hqsam.DECODER, "gpu").platform == "onnxruntime_onnx"
-    assert load(repository, hqsam.ENCODER, "cpu").backend == "python"
+    assert load(repository, HQSAM.decoder, "gpu").platform == "onnxruntime_onnx"
+    assert load(repository, HQSAM.encoder, "cpu").backend == "python"
 
 
 def test_an_ensemble_output_from_an_inner_step_is_refused():
@@ -99,9 +100,9 @@ def test_an_ensemble_output_from_an_inner_step_is_refused():
             name="broken",
             runtime=definitions.Runtime.ENSEMBLE,
             inputs=hqsam.ENSEMBLE_INPUTS,
-            outputs=hqsam.ENSEMBLE_OUTPUTS,
+            outputs=hqsam.tensors(HQSAM).ensemble_outputs,
             steps=(
-                step(hqsam.DECODER, {}, {"low_res_logits": "low_res_logits", "iou_predictions": "iou_predictions"}),
-                step(hqsam.POSTPROCESS, {"low_res_logits": "low_res_logits"}, {"masks": "masks"}),
+                step(HQSAM.decoder, {}, {"low_res_logits": "low_res_logits", "iou_predictions": "iou_predictions"}),
+                step(HQSAM.postprocess, {"low_res_logits": "low_res_logits"}, {"masks": "masks"}),
             ),
         )

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from perceptserve.export import onnx_io, tensorrt_readiness
 from perceptserve.model_repository import configs
-from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.writer import VERSION
+
+from perceptserve.hqsam.families import HQSAM
 
 # ONNX Runtime's integer ops that dynamic quantisation writes; TensorRT takes int8 only as Q/DQ.
 ORT_INTEGER_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
@@ -73,11 +74,11 @@ def test_every_exported_graph_uses_only_what_tensorrt_parses(graphs):
 
 
 def test_int8_graphs_stay_on_the_cpu_and_tensorrt_gets_the_checked_fp32_graph(small_vit_int8):
-    encoder = small_vit_int8.repository / names.ENCODER
+    encoder = small_vit_int8.repository / HQSAM.encoder
     int8 = tensorrt_readiness.load(encoder / VERSION / configs.INT8_ONNX_FILE)
     print(
         "\n".join(
-            f"hqsam/int8/{names.ENCODER}: {line}"
+            f"hqsam/int8/{HQSAM.encoder}: {line}"
             for line in tensorrt_readiness.summary(tensorrt_readiness.inventory(int8))
         )
     )
@@ -93,6 +94,6 @@ def test_int8_graphs_stay_on_the_cpu_and_tensorrt_gets_the_checked_fp32_graph(sm
 
 def test_the_check_names_the_op_and_the_model(small_vit_int8):
     """A graph with an op TensorRT lacks fails, naming both."""
-    path = small_vit_int8.repository / names.ENCODER / VERSION / configs.INT8_ONNX_FILE
+    path = small_vit_int8.repository / HQSAM.encoder / VERSION / configs.INT8_ONNX_FILE
     found = tensorrt_readiness.problems(tensorrt_readiness.load(path))
     assert any(p.startswith("DynamicQuantizeLinear node") and "not supported by TensorRT" in p for p in found), found

@@ -9,8 +9,9 @@ from perceptserve.benchmarks.cold_start import first_request_ratio
 from perceptserve.benchmarks.workload import Workload, sample_photo
 from perceptserve.clients.hqsam import HQSamClient
 from perceptserve.model_repository import configs
-from perceptserve.model_repository import hqsam as names
 from perceptserve.server import TritonServer
+
+from perceptserve.hqsam.families import HQSAM
 
 from .conftest import server_settings
 
@@ -20,7 +21,7 @@ FIRST_OVER_WARM_LIMIT = 1.15  # the issue's bound
 
 
 def test_every_onnx_model_is_warmed_up_with_concrete_shapes(small_vit):
-    for model in (names.ENCODER, names.DECODER):
+    for model in (HQSAM.encoder, HQSAM.decoder):
         config = configs.parse((small_vit.repository / model / "configs" / "cpu.pbtxt").read_text())
         (warmup,) = config.model_warmup
         assert all(dim > 0 for data in warmup.inputs.values() for dim in data.dims), model

@@ -18,6 +18,8 @@ from perceptserve.model_repository.python_models.responses import respond, respo
 
 from perceptserve.automatic import parameters as generator_parameters
 from perceptserve.automatic.generator import Generator
+from perceptserve.hqsam.families import by_name
+from perceptserve.hqsam.prompts import mask_selection
 from perceptserve.imaging import decode_image
 from perceptserve.parsing import comma_list
 from perceptserve.settings import AutomaticLimits
@@ -30,7 +32,7 @@ class ServedModels:
         self.encoder = config["encoder_model"]
         self.decoder = config["decoder_model"]
         self.features = list(comma_list(config["encoder_outputs"]))
-        self.flags = list(comma_list(config["decoder_flags"]))
+        self.family = by_name(config["family"])
 
     def encode(self, image, input_size):
         feeds = {"image": image[None], "input_size": np.array([input_size], dtype=np.int64)}
@@ -45,7 +47,7 @@ class ServedModels:
             "mask_input": np.zeros((n, 1, 256, 256), dtype=np.float32),
             "has_mask_input": np.zeros(1, dtype=np.float32),
         }
-        feeds.update({flag: np.array([flags[flag]]) for flag in self.flags})
+        feeds.update(mask_selection(self.family, flags["multimask_output"], flags["hq_token_only"]))
         out = bls.call(self.decoder, feeds, ["low_res_logits", "iou_predictions"])
         return out["low_res_logits"], out["iou_predictions"]
 

@@ -1,22 +1,25 @@
-"""HQ-SAM preprocessing: untrusted image bytes and prompts -> the encoder's and decoder's inputs.
+"""SAM-family preprocessing (the `family` parameter: `hqsam` or `sam`): untrusted image bytes and
+prompts -> the encoder's and decoder's inputs.
 
 Each request is checked on its own: a bad one gets INVALID_ARGUMENT naming the problem and the
 others of the same batch go on.
 """
 
 import numpy as np
+from perceptserve.model_repository.hqsam import tensors as family_tensors
 from perceptserve.model_repository.python_models import inputs
 from perceptserve.model_repository.python_models.responses import respond, respond_each
 
+from perceptserve.hqsam.families import by_name
 from perceptserve.hqsam.geometry import resize_and_pad
-from perceptserve.hqsam.prompts import PromptLimits, build_decoder_prompts
+from perceptserve.hqsam.prompts import PromptLimits, build_decoder_prompts, mask_selection
 from perceptserve.imaging import decode_image, encode_png
 
 PROMPT_INPUTS = ("point_coords", "point_labels", "boxes", "mask_input")
 
 
 def _flag(request, name):
-    return np.array([bool(inputs.one(request, name, False, kind="boolean"))])
+    return bool(inputs.one(request, name, False, kind="boolean"))
 
 
 class TritonPythonModel:
@@ -24,6 +27,8 @@ class TritonPythonModel:
         parameters = inputs.parameters(inputs.model_config(args))
         self.max_image_pixels = int(parameters["max_image_pixels"])
         self.limits = PromptLimits(int(parameters["max_prompt_sets"]), int(parameters["max_points"]))
+        self.family = by_name(parameters["family"])
+        self.decoder_feeds = family_tensors(self.family).decoder_feeds
         self._warm_up()
 
     def _warm_up(self):
@@ -49,9 +54,9 @@ class TritonPythonModel:
             "decoder_point_labels": prompts.point_labels,
             "decoder_mask_input": prompts.mask_input,
             "has_mask_input": prompts.has_mask_input,
-            "multimask_flag": _flag(request, "multimask_output"),
-            "hq_token_only_flag": _flag(request, "hq_token_only"),
         }
+        selection = mask_selection(self.family, _flag(request, "multimask_output"), _flag(request, "hq_token_only"))
+        tensors.update({self.decoder_feeds[name]: value for name, value in selection.items()})
         return respond(tensors)
 
     def execute(self, requests):

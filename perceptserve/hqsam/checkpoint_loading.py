@@ -1,9 +1,10 @@
-"""Strict loading of HQ-SAM checkpoints in the official format (a plain `state_dict`).
+"""Strict loading of SAM-family checkpoints in the official formats (a plain `state_dict`).
 
-The official builders call `load_state_dict(strict=False)` and print the result, so a plain SAM
-checkpoint silently yields an HQ-SAM whose HQ token and fusion convs are random. Here every
-mismatch is an error with a one-line message, unless the caller explicitly allows the HQ parts
-to be missing.
+The official builders load non-strictly (HQ-SAM's) or not at all safely (`torch.load` without
+`weights_only`), so a plain SAM checkpoint silently yields an HQ-SAM whose HQ token and fusion
+convs are random. Here every mismatch is an error with a one-line message; a checkpoint of the
+other family names the command that exports it. HQ-SAM's export may explicitly accept a plain
+SAM checkpoint with random HQ parts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from perceptserve.checkpoint_reading import CheckpointError, Mismatch, read_state_dict, summarise
+
+from .families import HQSAM, SAM, Family, model_type_in
 
 if TYPE_CHECKING:
     from .official import Sam
@@ -30,11 +33,30 @@ HQ_PREFIXES = (
 )
 
 
-def load_strict(sam: Sam, state: dict[str, torch.Tensor], *, allow_missing_hq: bool = False) -> None:
-    """Load `state` into `sam`, failing on any missing, unexpected or mis-shaped tensor."""
+def _export_command(family: Family, model_type: str | None) -> str:
+    command = f"perceptserve export {family.name}"
+    return f"{command} --model-type {model_type_in(model_type, family)}" if model_type else command
+
+
+def load_strict(
+    sam: Sam,
+    state: dict[str, torch.Tensor],
+    *,
+    family: Family = HQSAM,
+    model_type: str | None = None,
+    allow_missing_hq: bool = False,
+) -> None:
+    """Load `state` into `sam` (a model of `family`), failing on any missing, unexpected or
+    mis-shaped tensor; `model_type` only names the right command in the messages."""
     mismatch = Mismatch.between(sam, state)
     if mismatch.wrong_shape:
         raise CheckpointError(f"checkpoint is for another model size: {summarise(mismatch.wrong_shape)}")
+    hq_extra = [k for k in mismatch.unexpected if k.startswith(HQ_PREFIXES)]
+    if hq_extra and len(hq_extra) == len(mismatch.unexpected) and not family.hq:
+        raise CheckpointError(
+            f"this is an HQ-SAM checkpoint ({summarise(hq_extra, 2)}): export it with "
+            f"`{_export_command(HQSAM, model_type)}`"
+        )
     if mismatch.unexpected:
         raise CheckpointError(f"checkpoint has tensors this model lacks: {summarise(mismatch.unexpected)}")
     missing_hq = [k for k in mismatch.missing if k.startswith(HQ_PREFIXES)]
@@ -44,8 +66,8 @@ def load_strict(sam: Sam, state: dict[str, torch.Tensor], *, allow_missing_hq: b
     if missing_hq:
         if not allow_missing_hq:
             raise CheckpointError(
-                "checkpoint has no HQ-SAM parts (a plain SAM checkpoint?): missing "
-                f"{summarise(missing_hq)}; pass --allow-missing-hq to export with random HQ parts"
+                f"this is a plain SAM checkpoint (no HQ-SAM parts: missing {summarise(missing_hq, 2)}): export it "
+                f"with `{_export_command(SAM, model_type)}`, or pass --allow-missing-hq for HQ-SAM with random HQ parts"
             )
         warnings.warn(
             f"THE HQ-SAM PARTS ARE RANDOM: the checkpoint lacks {len(missing_hq)} HQ tensors "

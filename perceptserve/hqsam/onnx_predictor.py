@@ -1,4 +1,5 @@
-"""HQ-SAM in ONNX Runtime with `SamPredictor`'s two-phase interface, no server.
+"""A SAM family's exported models in ONNX Runtime with `SamPredictor`'s two-phase interface, no
+server.
 
 The same geometry and prompt code the python-backend models run, around the exported encoder
 and decoder: the export's parity check, the tests and the benchmark's `onnxruntime` mode use it.
@@ -11,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.configs import cpu_onnx_file
 from perceptserve.model_repository.writer import version_dir
 from perceptserve.onnxruntime_session import cpu_session
 
+from .families import HQSAM, Family
 from .geometry import resize_and_pad, upscale_logits
-from .prompts import PromptLimits, as_prompt_batch, build_decoder_prompts
+from .prompts import PromptLimits, as_prompt_batch, build_decoder_prompts, mask_selection
 
 NO_LIMITS = PromptLimits(max_prompt_sets=1 << 20, max_points=1 << 20)
 
@@ -26,25 +27,27 @@ class OnnxPredictor:
     def __init__(
         self,
         repository: Path,
+        family: Family = HQSAM,
         threads: int = 0,
         mask_threshold: float = 0.0,
         optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     ) -> None:
+        self.family = family
         self.encoder, self.decoder = (
             cpu_session(cpu_onnx_file(version_dir(repository, model)), threads, optimization=optimization)
-            for model in (names.ENCODER, names.DECODER)
+            for model in (family.encoder, family.decoder)
         )
         self.mask_threshold = mask_threshold
-        self.features: tuple[np.ndarray, np.ndarray] | None = None
+        self.features: dict[str, np.ndarray] | None = None  # the encoder's outputs by name
 
     def set_image(self, image: np.ndarray) -> None:
         """HWC uint8 RGB, as `SamPredictor.set_image`."""
         padded, self.input_size = resize_and_pad(image)
         self.original_size = image.shape[:2]
-        embeddings, hq_features = self.encoder.run(
+        outputs = self.encoder.run(
             None, {"image": padded[None], "input_size": np.array([self.input_size], dtype=np.int64)}
         )
-        self.features = (embeddings, hq_features)
+        self.features = {output.name: value for output, value in zip(self.encoder.get_outputs(), outputs, strict=True)}
 
     def predict(
         self,
@@ -67,14 +70,12 @@ class OnnxPredictor:
         low_res, iou = self.decoder.run(
             None,
             {
-                "image_embeddings": self.features[0],
-                "hq_features": self.features[1],
+                **self.features,
                 "point_coords": prompts.point_coords,
                 "point_labels": prompts.point_labels,
                 "mask_input": prompts.mask_input,
                 "has_mask_input": prompts.has_mask_input,
-                "multimask_output": np.array([multimask_output]),
-                "hq_token_only": np.array([hq_token_only]),
+                **mask_selection(self.family, multimask_output, hq_token_only),
             },
         )
         logits = upscale_logits(low_res, self.input_size, self.original_size)

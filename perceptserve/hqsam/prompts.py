@@ -17,6 +17,7 @@ import numpy as np
 
 from perceptserve.errors import InvalidRequest
 
+from .families import Family
 from .geometry import LOW_RES_MASK_SIZE, scale_coords
 
 VALID_LABELS = (-1, 0, 1, 2, 3)
@@ -157,6 +158,16 @@ def build_decoder_prompts(
         ),
         has_mask_input=np.array([1.0 if has_mask else 0.0], dtype=np.float32),
     )
+
+
+def mask_selection(family: Family, multimask_output: bool, hq_token_only: bool) -> dict[str, np.ndarray]:
+    """The decoder's mask-selection inputs, by the decoder's names: HQ-SAM's two flags, or plain
+    SAM's mask tokens as `MaskDecoder.forward` slices them (1..3 with multimask_output, else 0)."""
+    if family.hq:
+        return {"multimask_output": np.array([multimask_output]), "hq_token_only": np.array([hq_token_only])}
+    if hq_token_only:
+        raise PromptError(f"hq_token_only is an HQ-SAM option; the {family.name} model has no HQ token (use hqsam)")
+    return {"mask_slots": np.array([1, 2, 3] if multimask_output else [0], dtype=np.int64)}
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""The HQ-SAM model types, built with the official `segment_anything_hq` builders.
+"""The model types of each SAM family, built with that family's official builders
+(`official.BUILDERS`: `segment_anything_hq`, or `segment_anything` and `mobile_sam`).
 
-The official registry builds a model and loads a checkpoint non-strictly in one call; we keep
-the two apart so that loading can be strict (see `checkpoint_loading.py`). A `ViTConfig` also describes
-the small ViTs that tests build with the same `_build_sam` code path as the real sizes.
+The official registries build a model and load a checkpoint in one call (HQ-SAM's non-strictly);
+we keep the two apart so that loading can be strict (see `checkpoint_loading.py`). A `ViTConfig` also
+describes the small ViTs that tests build with the same `_build_sam` code path as the real sizes.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from perceptserve.model_types import HQSAM_MODEL_TYPES
-
-from .official import Sam, _build_sam, build_sam_vit_t
+from .families import HQSAM, Family
+from .official import BUILDERS, Sam
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class ViTConfig:
     num_heads: int
     global_attn_indexes: tuple[int, ...]
 
-    def build(self) -> Sam:
-        return _build_sam(
+    def build(self, family: Family) -> Sam:
+        return BUILDERS[family.name].vit(
             encoder_embed_dim=self.embed_dim,
             encoder_depth=self.depth,
             encoder_num_heads=self.num_heads,
@@ -37,43 +37,37 @@ class ViTConfig:
 
 @dataclass(frozen=True)
 class TinyViTConfig:
-    """Light HQ-SAM: MobileSAM's TinyViT encoder (`build_sam_vit_t`)."""
+    """MobileSAM's TinyViT encoder (`build_sam_vit_t`): MobileSAM's `vit_t`, Light HQ-SAM's
+    `vit_tiny`."""
 
-    def build(self) -> Sam:
-        return build_sam_vit_t(checkpoint=None)
+    def build(self, family: Family) -> Sam:
+        return BUILDERS[family.name].tiny(checkpoint=None)
 
 
-# An HQ-SAM architecture (encoder size); not Triton's model config.
+# A SAM-family architecture (encoder size); not Triton's model config.
 Architecture = ViTConfig | TinyViTConfig
 
-# The names are `model_types.HQSAM_MODEL_TYPES` (torch-free, for the CLI), in the same order.
-MODEL_TYPES: dict[str, Architecture] = dict(
-    zip(
-        HQSAM_MODEL_TYPES,
-        (
-            TinyViTConfig(),
-            ViTConfig(768, 12, 12, (2, 5, 8, 11)),
-            ViTConfig(1024, 24, 16, (5, 11, 17, 23)),
-            ViTConfig(1280, 32, 16, (7, 15, 23, 31)),
-        ),
-        strict=True,
-    )
-)
+# The ViT sizes by model type (every family names them alike); the tiny types
+# (`model_types.TINY_MODEL_TYPES`) are `TinyViTConfig`.
+VIT_SIZES: dict[str, ViTConfig] = {
+    "vit_b": ViTConfig(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": ViTConfig(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": ViTConfig(1280, 32, 16, (7, 15, 23, 31)),
+}
 
 
-def resolve(model: str | Architecture) -> Architecture:
-    """A model type name or a config (tests pass small `ViTConfig`s) to a config."""
-    if isinstance(model, str):
-        try:
-            return MODEL_TYPES[model]
-        except KeyError:
-            raise ValueError(f"unknown model type {model!r}; choose one of {', '.join(MODEL_TYPES)}") from None
-    return model
+def resolve(model: str | Architecture, family: Family = HQSAM) -> Architecture:
+    """A model type name of `family` or a config (tests pass small `ViTConfig`s) to a config."""
+    if not isinstance(model, str):
+        return model
+    if model not in family.model_types:
+        raise ValueError(f"unknown {family.name} model type {model!r}; choose one of {', '.join(family.model_types)}")
+    return VIT_SIZES.get(model, TinyViTConfig())
 
 
-def build_reference(model: str | Architecture) -> Sam:
-    """The official HQ-SAM module, eval mode, parameters as the builder initialised them."""
-    sam = resolve(model).build()
+def build_reference(model: str | Architecture, family: Family = HQSAM) -> Sam:
+    """The family's official module, eval mode, parameters as the builder initialised them."""
+    sam = resolve(model, family).build(family)
     sam.eval()
     return sam
 
