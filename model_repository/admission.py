@@ -23,7 +23,14 @@ def guard_name(model: str) -> str:
 
 
 def guarded(model: ModelDefinition) -> tuple[ModelDefinition, ModelDefinition]:
-    """(the guard, the model behind it) for a batched `model`."""
+    """(the guard, the model behind it). A batched `model` hands the guard its batching, queue
+    limit and cache; an unbatched one (DatasetDM's feature extractor) is guarded for its failures
+    alone, one request at a time."""
+    parameters = {"inner_model": model.name}
+    if model.dynamic_batching is not None:
+        # The settings' limits: `memory.fit_repository` lowers the written ones to what fits, never above these.
+        parameters["settings_max_batch_size"] = str(model.max_batch_size)
+        parameters["settings_preferred_batch_sizes"] = ",".join(map(str, model.dynamic_batching.preferred_batch_sizes))
     guard = ModelDefinition(
         name=guard_name(model.name),
         runtime=Runtime.PYTHON,
@@ -34,11 +41,6 @@ def guarded(model: ModelDefinition) -> tuple[ModelDefinition, ModelDefinition]:
         instances=model.instances,
         dynamic_batching=model.dynamic_batching,
         response_cache=model.response_cache,
-        parameters={
-            "inner_model": model.name,
-            # The settings' limits: `memory.fit_repository` lowers the written ones to what fits, never above these.
-            "settings_max_batch_size": str(model.max_batch_size),
-            "settings_preferred_batch_sizes": ",".join(map(str, model.dynamic_batching.preferred_batch_sizes)),
-        },
+        parameters=parameters,
     )
     return guard, dataclasses.replace(model, dynamic_batching=None, response_cache=False)

@@ -28,12 +28,17 @@ from dataclasses import dataclass
 
 from perceptserve.settings import Settings
 
+from .admission import guard_name, guarded
 from .definitions import ModelDefinition, Runtime, Tensor
 
 TEXT_ENCODER = "datasetdm_text_encoder"
 VAE_ENCODER = "datasetdm_vae_encoder"
 VAE_DECODER = "datasetdm_vae_decoder"
 FEATURES = "datasetdm_features"
+# In front of the feature extractor in the annotate ensemble: a request lost to its stub (the
+# largest, so the first the OOM killer takes) comes back UNAVAILABLE, not INTERNAL (admission.py).
+# `datasetdm_generate` calls the extractor itself and maps the same failures (bls.py).
+FEATURES_GUARD = guard_name(FEATURES)
 DECODERS = {
     "semantic": "datasetdm_semantic_decoder",
     "depth": "datasetdm_depth_decoder",
@@ -126,7 +131,6 @@ def definitions(settings: Settings, shapes: ExportedShapes) -> list[ModelDefinit
     for name in model_names(shapes.widths):
         inputs, outputs = io(name, shapes)
         instances = serving.decoder_instances if name in DECODERS.values() else serving.diffusion_instances
-        result.append(
-            ModelDefinition(name=name, runtime=Runtime.ONNX, inputs=inputs, outputs=outputs, instances=instances)
-        )
+        model = ModelDefinition(name=name, runtime=Runtime.ONNX, inputs=inputs, outputs=outputs, instances=instances)
+        result.extend(guarded(model) if name == FEATURES else (model,))
     return result

@@ -145,7 +145,7 @@ def _annotate_steps(shapes: names.ExportedShapes) -> tuple[EnsembleStep, ...]:
             {"noisy_latents": "noisy_latents"},
         ),
         EnsembleStep(
-            names.FEATURES,
+            names.FEATURES_GUARD,
             {
                 "latents": "noisy_latents",
                 "timestep": "timestep",

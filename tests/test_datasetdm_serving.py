@@ -6,16 +6,21 @@ layout and resume, the CLI, and bad input refused with INVALID_ARGUMENT while th
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
-from perceptserve.clients import ClientError, DatasetDMAnnotateClient, DatasetDMGenerateClient, coco
+from perceptserve.clients import NO_RETRY, ClientError, DatasetDMAnnotateClient, DatasetDMGenerateClient, coco
 from perceptserve.clients.dataset import MANIFEST, Dataset, RunSpec, mask_of
 from perceptserve.clients.generate import generate_dataset
 from perceptserve.clients.prompt_lists import single
+from perceptserve.server.launcher import TritonServer
 from perceptserve.server.memory import PeakSampler, server_rss_mib
+from perceptserve.server.stubs import stub_processes
 from PIL import Image
 from skimage import data as sample_images
 
@@ -25,6 +30,9 @@ from perceptserve.datasetdm.coco_names import COCO_CATEGORIES
 from perceptserve.datasetdm.features import GROUPS
 from perceptserve.datasetdm.pose_decoder import read_keypoints
 from perceptserve.imaging import encode_png
+
+from .chart_server import process_gone
+from .conftest import server_settings
 
 pytestmark = pytest.mark.server
 
@@ -452,3 +460,25 @@ def test_a_512_generate_keeps_the_server_memory_bounded(server, generator):
     print(f"server memory: {before:.0f} MiB before, peak {peak.peak_mib:.0f} MiB during a 512x512 generate")
     assert item.image.shape == (512, 512, 3) and item.depth.shape == (512, 512)
     assert peak.peak_mib - before < 600
+
+
+def test_a_lost_feature_extractor_is_unavailable_to_annotate_and_generate(tiny_export):
+    """Its stub killed (as the OOM killer would): both requests that needed it come back
+    UNAVAILABLE, which our clients retry, not INTERNAL; annotate through the extractor's guard,
+    generate through its own BLS call."""
+    with TritonServer(tiny_export.repository, "cpu", server_settings()) as server:
+        stubs = stub_processes(server.process.pid)
+        victim = next(pid for pid, name in stubs.items() if name.startswith("datasetdm_features_0"))
+        os.kill(victim, signal.SIGKILL)
+        while not process_gone(victim):
+            time.sleep(0.01)
+        image = encode_png(np.ascontiguousarray(sample_images.coffee()[::4, ::4]))
+        with DatasetDMAnnotateClient(server.grpc_url, retry_policy=NO_RETRY) as annotator:
+            with pytest.raises(ClientError) as annotate:
+                annotator.annotate(image, PROMPT, CLASSES)
+        with DatasetDMGenerateClient(server.grpc_url, retry_policy=NO_RETRY) as generator:
+            with pytest.raises(ClientError) as generate:
+                generator.generate(PROMPT, CLASSES, seeds=[1], **SMALL)
+    for caught in (annotate, generate):
+        assert caught.value.status == "UNAVAILABLE", caught.value
+        assert "datasetdm_features failed" in str(caught.value) and "is not healthy" in str(caught.value)

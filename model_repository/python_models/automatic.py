@@ -14,7 +14,7 @@ own request.
 
 import numpy as np
 from perceptserve.model_repository.python_models import bls, inputs
-from perceptserve.model_repository.python_models.responses import respond, respond_each, server_error
+from perceptserve.model_repository.python_models.responses import respond, respond_each
 
 from perceptserve.automatic import parameters as generator_parameters
 from perceptserve.automatic.generator import Generator
@@ -77,7 +77,7 @@ class TritonPythonModel:
         try:
             found = generator.generate(image)
         except bls.ModelCallError as exc:
-            return server_error(str(exc))
+            return exc.response()
         return respond(
             {
                 "rle_counts": np.array([rle["counts"].encode("ascii") for rle in found.rles], dtype=np.object_),

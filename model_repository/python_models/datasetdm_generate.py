@@ -24,7 +24,7 @@ import torch
 from diffusers import PNDMScheduler
 from perceptserve.model_repository import datasetdm as names
 from perceptserve.model_repository.python_models import bls, inputs
-from perceptserve.model_repository.python_models.responses import respond, respond_each, server_error
+from perceptserve.model_repository.python_models.responses import respond, respond_each
 from transformers import CLIPTokenizer
 
 from perceptserve.datasetdm import instances, validation
@@ -176,7 +176,7 @@ class TritonPythonModel:
             try:
                 results = self._generate(list(jobs))
             except bls.ModelCallError as exc:
-                results = [server_error(str(exc))] * len(jobs)
+                results = [exc.response() for _ in jobs]
             for index, response in zip(indices, results, strict=True):
                 responses[index] = response
         return responses

@@ -18,24 +18,9 @@ the dead stub (`clients/retry.py`).
 
 import triton_python_backend_utils as pb_utils
 from perceptserve.model_repository.python_models import batching
+from perceptserve.model_repository.python_models.bls import failure
 from perceptserve.model_repository.python_models.inputs import model_config, parameters, required
 from perceptserve.model_repository.python_models.responses import respond
-
-# What a lost model looks like from a BLS caller: its stub died, it is out of memory, its queue is
-# full, or the server is stopping (a restart). All pass once the server serves again.
-RETRYABLE = ("is not healthy", "Failed to allocate memory", "bad_alloc", "queue size", "stopping", "unavailable")
-
-
-def retryable(error) -> bool:
-    code = error.code() if hasattr(error, "code") else None
-    return code == pb_utils.TritonError.UNAVAILABLE or any(text in error.message() for text in RETRYABLE)
-
-
-def failure(model: str, error) -> "pb_utils.TritonError":
-    message = f"{model} failed: {error.message()}"
-    if retryable(error):
-        return pb_utils.TritonError(f"{message} (retryable)", pb_utils.TritonError.UNAVAILABLE)
-    return pb_utils.TritonError(message)
 
 
 class TritonPythonModel:
@@ -44,6 +29,7 @@ class TritonPythonModel:
         self.inner = parameters(config)["inner_model"]
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.batched = config.get("max_batch_size", 0) > 0
         # The error of the guarded model's dead stub: it stays dead until `perceptserve serve`
         # restarts the server, so later requests are answered at once.
         self.lost = None
@@ -51,6 +37,11 @@ class TritonPythonModel:
     def execute(self, requests):
         if self.lost is not None:
             return [pb_utils.InferenceResponse(error=failure(self.inner, self.lost)) for _ in requests]
+        if not self.batched:  # each request is its own run of the inner model
+            return [response for request in requests for response in self._run([request])]
+        return self._run(requests)
+
+    def _run(self, requests):
         feeds = [{name: required(request, name) for name in self.input_names} for request in requests]
         joined, bounds = batching.join(feeds, self.input_names)
         response = pb_utils.InferenceRequest(
@@ -65,4 +56,6 @@ class TritonPythonModel:
             # one TritonError per response: Triton 2.51 crashed (SIGSEGV) on one shared by several
             return [pb_utils.InferenceResponse(error=failure(self.inner, error)) for _ in requests]
         outputs = [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in self.output_names]
+        if not self.batched:
+            return [respond(dict(zip(self.output_names, outputs, strict=True)))]
         return [respond(dict(zip(self.output_names, rows, strict=True))) for rows in batching.split(outputs, bounds)]
