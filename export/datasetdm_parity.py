@@ -118,7 +118,135 @@ class OnnxModels:
         return dict(zip([o.name for o in session.get_outputs()], session.run(None, arrays), strict=True))
 
 
+@dataclass
+class Reference:
+    """What the PyTorch sources compute on the example, as arrays: the ONNX models' inputs and the
+    outputs they must match. Computed before any ONNX Runtime session, so that the export can free
+    the PyTorch weights first: at SD size they are 4 GB, and holding them beside the feature
+    extractor's session made the parity check the export's peak."""
+
+    size: str  # the example's image size, for the report
+    input_ids: np.ndarray
+    text: np.ndarray  # caption embeddings
+    uncond: np.ndarray  # empty-prompt embeddings
+    images: np.ndarray
+    latents: np.ndarray  # the VAE posterior's mean, scaled
+    latents_std: np.ndarray
+    decoded: np.ndarray  # the VAE decoder's image of `latents`
+    timestep: np.ndarray
+    noise: dict[str, np.ndarray]  # "uncond" / "text" -> diffusers' UNet noise prediction
+    projected: dict[str, np.ndarray]  # "<task>_<group>" -> DatasetDM's raw group x the 1x1 projection
+    classes: np.ndarray | None  # class-name embeddings (semantic)
+    decoders: dict[str, dict[str, np.ndarray]]  # task -> output name -> DatasetDM's eval output
+
+
 @torch.no_grad()
+def reference(
+    diffusion: Diffusion, extractor: FeatureExtractor, decoders: dict[str, torch.nn.Module], example: Example
+) -> Reference:
+    """`decoders` are the unfolded eager decoders (spectral norm from `u0`, DatasetDM's way)."""
+    batch = len(example.prompts)
+    ids = diffusion.token_ids(list(example.prompts))
+    text = diffusion.text_encoder(ids)[0]
+    uncond = diffusion.text_encoder(diffusion.token_ids([""] * batch))[0]
+    vae, scale = diffusion.vae, diffusion.vae.config.scaling_factor
+    posterior = vae.encode(example.images).latent_dist
+    latents = posterior.mean * scale
+    decoded = (vae.decode(latents / scale).sample / 2 + 0.5).clamp(0, 1)
+    timestep = torch.tensor(example.timesteps, dtype=torch.int64)
+    # The feature extractor is the served UNet: both halves against diffusers' own call.
+    noise = diffusion.unet(torch.cat([latents, latents]), torch.cat([timestep, timestep]), torch.cat([uncond, text]))
+    captured = extractor.capture(latents, timestep, text, uncond)
+    raw = [captured.group(extractor.layout, group) for group in GROUPS]
+    projected = {
+        f"{task}_{group}": torch.nn.functional.conv2d(tensor, weight).numpy()
+        for task, decoder in decoders.items()
+        for group, tensor, weight in zip(GROUPS, raw, decoder.projection_weights(), strict=True)
+    }
+    classes = diffusion.embed(list(example.class_names)) if "semantic" in decoders else None
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    if "semantic" in decoders:
+        class_map, scores = decoders["semantic"].reference(raw, classes)
+        outputs["semantic"] = {"class_map": class_map.numpy(), "class_scores": scores.numpy()}
+    if "depth" in decoders:
+        outputs["depth"] = {"depth": decoders["depth"].reference(raw).numpy()}
+    if "instance" in decoders:
+        logits, masks = decoders["instance"].reference(raw)
+        outputs["instance"] = {"class_logits": logits.numpy(), "mask_logits": masks.numpy()}
+    if "pose" in decoders:
+        heatmaps = decoders["pose"].reference(raw)
+        full = torch.nn.functional.interpolate(heatmaps, size=tuple(example.images.shape[-2:]), mode="bilinear")
+        outputs["pose"] = {"heatmaps": heatmaps.numpy(), "keypoints": datasetdm_keypoints(full.numpy())}
+    return Reference(
+        size="x".join(map(str, example.images.shape[-2:])),
+        input_ids=ids.numpy(),
+        text=text.numpy(),
+        uncond=uncond.numpy(),
+        images=example.images.numpy(),
+        latents=latents.numpy(),
+        latents_std=(posterior.std * scale).numpy(),
+        decoded=decoded.numpy(),
+        timestep=timestep.numpy(),
+        noise=dict(zip(("uncond", "text"), (half.numpy() for half in noise.sample.chunk(2)), strict=True)),
+        projected=projected,
+        classes=None if classes is None else classes.numpy(),
+        decoders=outputs,
+    )
+
+
+def compare(expected: Reference, repository: Path, precision: str) -> ParityReport:
+    """The repository's ONNX models (one session at a time) against `expected`."""
+    report = ParityReport(Tolerance.for_precision(precision), precision)
+    onnx = OnnxModels(repository, names.model_names(expected.decoders))
+    size = expected.size
+    ours = onnx(names.TEXT_ENCODER, input_ids=expected.input_ids)["text_embeddings"]
+    report.add(f"text encoder: text_embeddings, batch {len(expected.input_ids)}", ours, expected.text)
+    ours = onnx(names.VAE_ENCODER, image=expected.images)
+    report.add(f"VAE encoder: latents, {size}", ours["latents"], expected.latents)
+    report.add(f"VAE encoder: latents_std, {size}", ours["latents_std"], expected.latents_std)
+    ours = onnx(names.VAE_DECODER, latents=expected.latents)["image"]
+    report.add(f"VAE decoder: image, {size}", ours, expected.decoded)
+
+    features = onnx(
+        names.FEATURES,
+        latents=expected.latents,
+        timestep=expected.timestep,
+        text_embeddings=expected.text,
+        uncond_embeddings=expected.uncond,
+    )
+    for half, noise in expected.noise.items():
+        report.add(f"feature extractor: noise_pred_{half} (vs diffusers' UNet)", features[f"noise_pred_{half}"], noise)
+    for name, projected in expected.projected.items():
+        report.add(f"feature extractor: {name} (vs raw group x 1x1 conv)", features[name], projected)
+
+    projected = {task: {group: features[f"{task}_{group}"] for group in GROUPS} for task in expected.decoders}
+    limit = report.tolerance.masked
+    if "semantic" in expected.decoders:
+        reference = expected.decoders["semantic"]
+        ours = onnx(names.DECODERS["semantic"], class_embeddings=expected.classes, **projected["semantic"])
+        what = f"semantic decoder: class_scores, {len(expected.classes)} classes"
+        report.add(what, ours["class_scores"], reference["class_scores"], limit)
+        report.agree(f"semantic decoder: class_map, {size}", ours["class_map"], reference["class_map"])
+    if "depth" in expected.decoders:
+        ours = onnx(names.DECODERS["depth"], **projected["depth"])["depth"]
+        report.add(f"depth decoder: depth, {size}", ours, expected.decoders["depth"]["depth"])
+    if "instance" in expected.decoders:
+        reference = expected.decoders["instance"]
+        ours = onnx(names.DECODERS["instance"], **projected["instance"])
+        what = f"instance decoder: class_logits, {reference['class_logits'].shape[1]} queries"
+        report.add(what, ours["class_logits"], reference["class_logits"], limit)
+        report.add(f"instance decoder: mask_logits, {size}", ours["mask_logits"], reference["mask_logits"], limit)
+    if "pose" in expected.decoders:
+        reference = expected.decoders["pose"]
+        ours = onnx(names.DECODERS["pose"], **projected["pose"])
+        report.add(f"pose decoder: heatmaps, {size}", ours["heatmaps"], reference["heatmaps"])
+        keypoints = reference["keypoints"]
+        close = np.abs(ours["keypoints"][..., :2] - keypoints[..., :2]).max(-1) <= 0.25
+        report.agreements.append((f"pose decoder: keypoints within 1/4 pixel, {size}", float(close.mean())))
+        report.add(f"pose decoder: keypoint scores, {size}", ours["keypoints"][..., 2], keypoints[..., 2])
+    return report
+
+
 def check(
     diffusion: Diffusion,
     extractor: FeatureExtractor,
@@ -127,78 +255,8 @@ def check(
     example: Example,
     precision: str,
 ) -> ParityReport:
-    """`decoders` are the unfolded eager decoders (spectral norm from `u0`, DatasetDM's way)."""
-    report = ParityReport(Tolerance.for_precision(precision), precision)
-    onnx = OnnxModels(repository, names.model_names(decoders))
-    batch = len(example.prompts)
-    size = "x".join(map(str, example.images.shape[-2:]))
-
-    ids = diffusion.token_ids(list(example.prompts))
-    uncond_ids = diffusion.token_ids([""] * batch)
-    text = diffusion.text_encoder(ids)[0]
-    uncond = diffusion.text_encoder(uncond_ids)[0]
-    ours = onnx(names.TEXT_ENCODER, input_ids=ids)["text_embeddings"]
-    report.add(f"text encoder: text_embeddings, batch {batch}", ours, text.numpy())
-
-    vae, scale = diffusion.vae, diffusion.vae.config.scaling_factor
-    posterior = vae.encode(example.images).latent_dist
-    ours = onnx(names.VAE_ENCODER, image=example.images)
-    report.add(f"VAE encoder: latents, {size}", ours["latents"], (posterior.mean * scale).numpy())
-    report.add(f"VAE encoder: latents_std, {size}", ours["latents_std"], (posterior.std * scale).numpy())
-    latents = posterior.mean * scale
-    image = (vae.decode(latents / scale).sample / 2 + 0.5).clamp(0, 1)
-    report.add(f"VAE decoder: image, {size}", onnx(names.VAE_DECODER, latents=latents)["image"], image.numpy())
-
-    timestep = torch.tensor(example.timesteps, dtype=torch.int64)
-    doubled = dict(
-        sample=torch.cat([latents, latents]),
-        timestep=torch.cat([timestep, timestep]),
-        encoder_hidden_states=torch.cat([uncond, text]),
-    )
-    noise = diffusion.unet(*doubled.values()).sample  # the feature extractor is the served UNet
-
-    features = onnx(names.FEATURES, latents=latents, timestep=timestep, text_embeddings=text, uncond_embeddings=uncond)
-    for half, reference in zip(("uncond", "text"), noise.chunk(2), strict=True):
-        what = f"feature extractor: noise_pred_{half} (vs diffusers' UNet)"
-        report.add(what, features[f"noise_pred_{half}"], reference.numpy())
-    captured = extractor.capture(latents, timestep, text, uncond)
-    raw = [captured.group(extractor.layout, group) for group in GROUPS]
-    for task, decoder in decoders.items():
-        for group, tensor, weight in zip(GROUPS, raw, decoder.projection_weights(), strict=True):
-            reference = torch.nn.functional.conv2d(tensor, weight).numpy()
-            report.add(
-                f"feature extractor: {task}_{group} (vs raw group x 1x1 conv)", features[f"{task}_{group}"], reference
-            )
-
-    projected = {task: {group: features[f"{task}_{group}"] for group in GROUPS} for task in decoders}
-    if "semantic" in decoders:
-        classes = diffusion.embed(list(example.class_names))
-        class_map, scores = decoders["semantic"].reference(raw, classes)
-        ours = onnx(names.DECODERS["semantic"], class_embeddings=classes, **projected["semantic"])
-        what = f"semantic decoder: class_scores, {len(example.class_names)} classes"
-        report.add(what, ours["class_scores"], scores.numpy(), report.tolerance.masked)
-        report.agree(f"semantic decoder: class_map, {size}", ours["class_map"], class_map.numpy())
-    if "depth" in decoders:
-        depth = decoders["depth"].reference(raw).numpy()
-        report.add(f"depth decoder: depth, {size}", onnx(names.DECODERS["depth"], **projected["depth"])["depth"], depth)
-    if "instance" in decoders:
-        logits, masks = decoders["instance"].reference(raw)
-        ours = onnx(names.DECODERS["instance"], **projected["instance"])
-        limit = report.tolerance.masked
-        report.add(
-            f"instance decoder: class_logits, {logits.shape[1]} queries", ours["class_logits"], logits.numpy(), limit
-        )
-        report.add(f"instance decoder: mask_logits, {size}", ours["mask_logits"], masks.numpy(), limit)
-    if "pose" in decoders:
-        heatmaps = decoders["pose"].reference(raw)
-        ours = onnx(names.DECODERS["pose"], **projected["pose"])
-        report.add(f"pose decoder: heatmaps, {size}", ours["heatmaps"], heatmaps.numpy())
-        full = torch.nn.functional.interpolate(heatmaps, size=tuple(example.images.shape[-2:]), mode="bilinear")
-        reference = datasetdm_keypoints(full.numpy())
-        close = np.abs(ours["keypoints"][..., :2] - reference[..., :2]).max(-1) <= 0.25
-        report.agreements.append((f"pose decoder: keypoints within 1/4 pixel, {size}", float(close.mean())))
-        report.add(f"pose decoder: keypoint scores, {size}", ours["keypoints"][..., 2], reference[..., 2])
-    return report
+    """`reference` then `compare`, for a caller that keeps the PyTorch sources anyway (the tests)."""
+    return compare(reference(diffusion, extractor, decoders, example), repository, precision)
 
 
 def datasetdm_keypoints(heatmaps: np.ndarray) -> np.ndarray:
