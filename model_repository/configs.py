@@ -90,9 +90,7 @@ def _set_backend(
         config.parameters["onnx_file"].string_value = cpu_file
         config.parameters["intra_op_num_threads"].string_value = str(settings.cpu_onnxruntime.threads)
         config.parameters["allow_spinning"].string_value = str(int(settings.cpu_onnxruntime.allow_spinning))
-        # Batched models only: an unbatched one's peak is one request's, and its arena saves
-        # allocating every run's activations anew (the decoder's run per prompt).
-        arena = settings.cpu_onnxruntime.memory_arena or definition.max_batch_size == 0
+        arena = settings.cpu_onnxruntime.memory_arena or definition.memory_arena
         config.parameters["memory_arena"].string_value = str(int(arena))
     if on_gpu and has_plan:
         config.platform = "tensorrt_plan"

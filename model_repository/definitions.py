@@ -72,6 +72,10 @@ class ModelDefinition:
     dynamic_batching: DynamicBatching | None = None
     response_cache: bool = False
     warmup: bool = False
+    # ONNX Runtime's CPU arena for this model (`cpu` target): it keeps the largest run's
+    # activations for the session's life. Only for a model whose runs are small and many (the
+    # HQ-SAM decoder, one run per prompt batch); every other model gives them back after each run.
+    memory_arena: bool = False
     parameters: dict[str, str] = field(default_factory=dict)
     steps: tuple[EnsembleStep, ...] = ()
 

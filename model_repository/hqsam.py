@@ -172,6 +172,7 @@ def definitions(settings: Settings, family: Family = HQSAM, model_type: str | No
             outputs=named.decoder_outputs,
             instances=serving.decoder_instances,
             warmup=serving.warmup,  # its first run (ONNX Runtime's allocations) was 0.6 s of the first request
+            memory_arena=True,  # small runs, one per prompt batch: the arena saves allocating each anew
         ),
         ModelDefinition(
             name=family.postprocess,
