@@ -24,7 +24,7 @@ from perceptserve.export.datasetdm import run as export_repository
 from perceptserve.model_repository import datasetdm as exported
 from perceptserve.model_repository import datasetdm_serving as serving
 from perceptserve.server.launcher import TritonServer
-from perceptserve.server.memory import PeakSampler, server_rss_mib
+from perceptserve.server.memory import PeakSampler, by_process_mib, server_rss_mib
 
 from perceptserve.settings import Settings
 
@@ -70,7 +70,7 @@ def served(repository: Path, out: Path, settings: Settings, seeds, steps, side, 
     """Generate with annotations through the server; seconds, memory and per-model time."""
     with TritonServer(repository, "cpu", settings.server, log_file=out / "tritonserver.log") as server:
         pid = server.process.pid
-        ready = server_rss_mib(pid)
+        ready, ready_by_process = server_rss_mib(pid), by_process_mib(pid)
         raw = grpcclient.InferenceServerClient(server.grpc_url)
         with DatasetDMGenerateClient(server.grpc_url) as client:
 
@@ -85,7 +85,7 @@ def served(repository: Path, out: Path, settings: Settings, seeds, steps, side, 
             with PeakSampler(pid) as timed:
                 summary = _timed(call, seeds)
             breakdown = {m: s for m, s in delta(before, snapshot(raw, MODELS)).items() if s["requests"]}
-        after = server_rss_mib(pid)
+        after, peaks = server_rss_mib(pid), by_process_mib(pid, "VmHWM")
         raw.close()
     return {
         "seconds": summary.to_json(),
@@ -95,6 +95,8 @@ def served(repository: Path, out: Path, settings: Settings, seeds, steps, side, 
             "peak_timed_requests": timed.peak_mib,
             "after": after,
             "rise_over_ready": max(first.peak_mib, timed.peak_mib) - ready,
+            # Each process at ready and its own peak (VmHWM) by the end: where the rise went.
+            "by_process": {name: (ready_by_process.get(name, 0.0), peak) for name, peak in peaks.items()},
         },
         "server_breakdown": breakdown,
     }
@@ -138,6 +140,13 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|",
         f"| {memory['ready']:.0f} | {memory['peak_first_request']:.0f} | {memory['peak_timed_requests']:.0f} | "
         f"{memory['after']:.0f} | {memory['rise_over_ready']:.0f} |",
+        "",
+        "| process | ready MiB | its peak MiB | rise |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {ready:.0f} | {peak:.0f} | {peak - ready:.0f} |"
+            for name, (ready, peak) in sorted(memory["by_process"].items(), key=lambda item: -item[1][1])
+        ),
         "",
         "## where a generate request's time goes (Triton statistics over the timed requests)",
         "",

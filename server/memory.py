@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from .stubs import stub_processes
+
 MIB = 1024  # /proc reports kB
 
 
@@ -21,19 +23,39 @@ def _status(path: Path) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
-def _tree_field(pid: int, field: str) -> float:
-    """`field` summed over `pid` and every process below it, from one pass over /proc: a stub's
+def _tree(pid: int) -> dict[int, dict[str, str]]:
+    """The status of `pid` and of every process below it, from one pass over /proc: a stub's
     parent is tritonserver, whose parent may be `perceptserve serve` (the supervisor)."""
     statuses = {int(path.parent.name): _status(path) for path in Path("/proc").glob("[0-9]*/status")}
     below: dict[int, list[int]] = {}
     for child, fields in statuses.items():
         below.setdefault(int(fields.get("PPid", "0").strip() or 0), []).append(child)
-    total, pending = 0, [pid]
+    tree, pending = {}, [pid]
     while pending:
         current = pending.pop()
         pending.extend(below.get(current, []))
-        total += int(statuses.get(current, {}).get(field, "0 kB").split()[0])
-    return total / MIB
+        tree[current] = statuses.get(current, {})
+    return tree
+
+
+def _mib(status: dict[str, str], field: str) -> float:
+    return int(status.get(field, "0 kB").split()[0]) / MIB
+
+
+def _tree_field(pid: int, field: str) -> float:
+    return sum(_mib(status, field) for status in _tree(pid).values())
+
+
+def by_process_mib(pid: int, field: str = "VmRSS") -> dict[str, float]:
+    """`field` of each process of the tree, MiB, by name: a python stub by its model instance
+    (`hqsam_encoder_0_0`), the others by their command (`tritonserver`). Where a request's
+    memory went: read `VmHWM` after it."""
+    tree = _tree(pid)
+    stubs = {stub: name for parent in tree for stub, name in stub_processes(parent).items()}
+    return {
+        stubs[process] if process in stubs else f"{status.get('Name', '?').strip()} ({process})": _mib(status, field)
+        for process, status in tree.items()
+    }
 
 
 def server_rss_mib(pid: int) -> float:
