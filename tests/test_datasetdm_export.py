@@ -399,20 +399,16 @@ def test_cli_rejects_ambiguous_decoders_before_exporting(tmp_path, capsys):
 
 
 @pytest.mark.server
-def test_repository_serves_on_tritonserver(tiny_export):
+def test_repository_serves_on_tritonserver(tiny_export, datasetdm_server):
     """Every exported model loads in the bundled tritonserver (cpu configs) and answers."""
     import tritonclient.grpc as grpcclient
-    from perceptserve.server.launcher import TritonServer
-
-    from .conftest import server_settings
 
     models = names.model_names(("semantic", "depth"))
     groups = {
         g: np.random.rand(1, 8, 32 // 2**level, 32 // 2**level).astype(np.float32)
         for g, level in zip(GROUPS, (3, 2, 1, 0), strict=True)
     }
-    with TritonServer(tiny_export.repository, "cpu", server_settings()) as server:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
+    with grpcclient.InferenceServerClient(datasetdm_server.grpc_url) as client:
         assert all(client.is_model_ready(model) for model in models)
         inputs = [infer_input(grpcclient, name, value, "FP32") for name, value in groups.items()]
         depth = client.infer(names.DECODERS["depth"], inputs).as_numpy("depth")
