@@ -1,13 +1,13 @@
 """Concurrent clients against a served repository, with the server's memory watched: does every
 request succeed, does any python stub die, and does the server stay under its memory budget?
 
-    python -m benchmarks.memory_load --repository REPO [--clients 8] [--memory-budget 20G]
+    python -m perceptserve.benchmarks.memory_load --repository REPO [--clients 8] [--memory-budget 20G]
 
 Runs `perceptserve serve` (the supervisor; its batch limits fitted to the budget at start), sends
 one distinct photo with one point from each of `--clients` clients at once (`HQSamClient`, its
 retries on), samples the resident memory of the supervisor, tritonserver and its stubs every 0.2 s, and prints
 one row of the README's reliability table: model, clients, budget, batch limit, peak, failures.
-The full-size run (vit_h) needs the machine: run it alone (`flock /tmp/bigjob.lock ...`).
+The full-size run (vit_h) needs the machine: run it alone.
 """
 
 from __future__ import annotations
