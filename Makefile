@@ -13,11 +13,12 @@ PYTEST_ARGS ?=
 install: $(VENV)/.installed
 
 # torch and torchvision first, as the pair that installs from this machine's disk; then the
-# project, editable, with its test and DatasetDM extras.
+# project, editable, with its test and DatasetDM extras. --no-compile: Python compiles what is
+# imported on first use instead of every file of every package up front (CI's time).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,datasetdm]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -e ".[test,datasetdm]"
 	touch $@
 
 demo: install

@@ -187,16 +187,17 @@ def test_serve_without_an_exported_repository(tmp_path):
 def test_a_plain_sam_vit_b_checkpoint_exports_and_passes_parity(tmp_path):
     """The one full-size export in `make test`: a `vit_b` checkpoint in segment-anything's format
     (random weights saved as a plain state_dict, as `sam_vit_b_01ec64.pth` is) through the CLI:
-    strict loading, the memory probe, parity with segment-anything's `SamPredictor`. HQ-SAM shares
-    the ViT and the export; the small test ViT covers its HQ parts."""
+    strict loading, parity with segment-anything's `SamPredictor`. HQ-SAM shares the ViT and the
+    export; the small test ViT covers its HQ parts, and `test_admission.py` the memory probe (45 s
+    more at this size, CI's time)."""
     checkpoint = official_checkpoint(tmp_path / "sam_vit_b.pth", "vit_b", seed=7)
     repository = tmp_path / "repository"
     result = run_cli(
         "export", "sam", "--model-type", "vit_b", "--checkpoint", str(checkpoint), "--repository", str(repository),
-        timeout=900,
+        "--no-memory-probe", timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "PASS" in result.stdout and "[6/6] parity check" in result.stderr  # after the memory probe
+    assert "PASS" in result.stdout and "[5/5] parity check" in result.stderr
     size = (repository / "sam_encoder" / "1" / "model.onnx").stat().st_size
     assert 300e6 < size < 400e6  # vit_b's ~90 M encoder parameters in fp32
 

@@ -8,8 +8,17 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 # What a lost model looks like from a BLS caller: its stub died, it is out of memory, its queue is
-# full, or the server is stopping (a restart). All pass once the server serves again.
-RETRYABLE = ("is not healthy", "Failed to allocate memory", "bad_alloc", "queue size", "stopping", "unavailable")
+# full, or the server is stopping or not ready (a restart: "Server not ready" reached a request the
+# guard sent while `perceptserve serve` restarted tritonserver). All pass once the server serves again.
+RETRYABLE = (
+    "is not healthy",
+    "Failed to allocate memory",
+    "bad_alloc",
+    "queue size",
+    "stopping",
+    "not ready",
+    "unavailable",
+)
 
 
 def retryable(error) -> bool:
