@@ -70,7 +70,8 @@ def served(repository: Path, out: Path, settings: Settings, seeds, steps, side, 
     """Generate with annotations through the server; seconds, memory and per-model time."""
     with TritonServer(repository, "cpu", settings.server, log_file=out / "tritonserver.log") as server:
         pid = server.process.pid
-        ready, ready_by_process = server_rss_mib(pid), by_process_mib(pid)
+        ready_by_process = by_process_mib(pid)
+        ready = sum(ready_by_process.values())
         raw = grpcclient.InferenceServerClient(server.grpc_url)
         with DatasetDMGenerateClient(server.grpc_url) as client:
 

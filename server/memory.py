@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from .stubs import stub_processes
+from .stubs import stub_name
 
 MIB = 1024  # /proc reports kB
 
@@ -50,11 +50,9 @@ def by_process_mib(pid: int, field: str = "VmRSS") -> dict[str, float]:
     """`field` of each process of the tree, MiB, by name: a python stub by its model instance
     (`hqsam_encoder_0_0`), the others by their command (`tritonserver`). Where a request's
     memory went: read `VmHWM` after it."""
-    tree = _tree(pid)
-    stubs = {stub: name for parent in tree for stub, name in stub_processes(parent).items()}
     return {
-        stubs[process] if process in stubs else f"{status.get('Name', '?').strip()} ({process})": _mib(status, field)
-        for process, status in tree.items()
+        stub_name(process) or f"{status.get('Name', '?').strip()} ({process})": _mib(status, field)
+        for process, status in _tree(pid).items()
     }
 
 

@@ -23,15 +23,19 @@ def children(parent: int) -> list[int]:
     return found
 
 
+def stub_name(pid: int) -> str | None:
+    """The model instance name of python stub `pid`, None for any other process (or one that
+    has ended: a stub killed and not yet reaped has no command line any more)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if argv and argv[0].endswith(STUB.encode()) and len(argv) > 3:
+        return argv[-3].decode()  # argv ends with: name, "DEFAULT", ""
+    return None
+
+
 def stub_processes(server_pid: int) -> dict[int, str]:
-    """{pid: model instance name} of the stubs of the server `server_pid` (a stub killed and not
-    yet reaped has no command line any more, so it is not among them)."""
-    stubs = {}
-    for pid in children(server_pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(STUB.encode()) and len(argv) > 3:
-            stubs[pid] = argv[-3].decode()  # argv ends with: name, "DEFAULT", ""
-    return stubs
+    """{pid: model instance name} of the stubs of the server `server_pid`."""
+    names = {pid: stub_name(pid) for pid in children(server_pid)}
+    return {pid: name for pid, name in names.items() if name is not None}
