@@ -16,6 +16,7 @@ from perceptserve.export.hqsam_parity import mask_iou, prompt_cases
 from perceptserve.model_repository.configs import ONNX_FILE
 from perceptserve.model_repository.writer import version_dir
 
+from perceptserve.hqsam.export_modules import INT8_FP32_SCOPES
 from perceptserve.hqsam.families import Family
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 
@@ -55,7 +56,7 @@ def quantized_repository(repository: Path, folder: Path, family: Family) -> Path
         path.parent.mkdir(parents=True, exist_ok=True)
     decoder.unlink(missing_ok=True)
     os.symlink((version_dir(repository, family.decoder) / ONNX_FILE).resolve(), decoder)
-    onnx_io.quantize_int8(source, target)
+    onnx_io.quantize_int8(source, target, INT8_FP32_SCOPES)
     return folder
 
 

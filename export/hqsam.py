@@ -23,7 +23,7 @@ from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE, cpu_onnx
 from perceptserve.model_repository.writer import recorded_parameter, remove_models, version_dir, write_models
 
 from perceptserve.hqsam import checkpoint_loading, registry
-from perceptserve.hqsam.export_modules import ImageEncoder, prompt_decoder
+from perceptserve.hqsam.export_modules import INT8_FP32_SCOPES, ImageEncoder, prompt_decoder
 from perceptserve.hqsam.families import HQSAM, Family
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 from perceptserve.settings import Settings
@@ -162,7 +162,9 @@ def run(job: HQSamExport, settings: Settings) -> hqsam_parity.ParityReport:
             export_decoder(sam, family, onnx_paths[family.decoder])
     converting = job.precision in PRECISION_STEPS
     with steps.step(PRECISION_STEPS[job.precision]) if converting else contextlib.nullcontext():
-        onnx_io.apply_precision(onnx_paths.values(), job.precision, quantized=[onnx_paths[family.encoder]])
+        onnx_io.apply_precision(
+            onnx_paths.values(), job.precision, quantized=[onnx_paths[family.encoder]], fp32_scopes=INT8_FP32_SCOPES
+        )
     if job.tensorrt:
         with steps.step("building TensorRT engines"):
             serving = settings.hqsam

@@ -3,6 +3,7 @@ conversion that keeps the numerically fragile ops in fp32, and int8 copies for t
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -148,23 +149,50 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def quantize_int8(source: Path, target: Path) -> Path:
-    """An int8 copy of `source` for ONNX Runtime on the CPU: weights int8 per tensor, activations
-    quantised at run time (dynamic quantisation: no calibration data, the same export for every
-    checkpoint; static QDQ is not yet measured against it, and half of the int8 encoder's time
-    is the fp32 attention this leaves: benchmarks/README.md, issue 15)."""
+def nodes_in_scopes(model: onnx.ModelProto, scopes: Iterable[str]) -> list[str]:
+    """Names of the nodes exported from inside any of the modules `scopes` (dotted paths such as
+    `image_encoder.blocks.0`): torch's dynamo exporter records each node's module path in its
+    metadata."""
+    wanted = set(scopes)
+    names = []
+    for node in model.graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes" and wanted & set(ast.literal_eval(prop.value)):
+                names.append(node.name)
+    return names
+
+
+def quantize_int8(source: Path, target: Path, fp32_scopes: tuple[str, ...] = ()) -> Path:
+    """An int8 copy of `source` for ONNX Runtime on the CPU: the MatMuls' weights int8 per
+    tensor, their activations quantised at run time (dynamic quantisation: no calibration data,
+    the same export for every checkpoint). Chosen by measurement on vit_b (benchmarks/README.md,
+    issue 15): convolutions stay fp32 (ConvInteger cost mask IoU and they are under 1% of the
+    FLOPs), and so do the nodes of the modules `fp32_scopes` (for a SAM ViT its first block,
+    whose int8 error the later blocks amplify: worst IoU 0.970 -> 0.984 over 64 cases);
+    per-channel weights and reduce_range did not help."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    excluded = nodes_in_scopes(onnx.load(str(source), load_external_data=False), fp32_scopes)
     external = source.with_name(source.name + ".data").exists()  # vit_h's fp32 weights
     with _quiet_root_logger():
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, use_external_data_format=external)
+        quantize_dynamic(
+            source,
+            target,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=excluded,
+            use_external_data_format=external,
+        )
     return target
 
 
-def apply_precision(paths: Iterable[Path], precision: str, quantized: Iterable[Path] = ()) -> None:
+def apply_precision(
+    paths: Iterable[Path], precision: str, quantized: Iterable[Path] = (), fp32_scopes: tuple[str, ...] = ()
+) -> None:
     """The export's `--precision` on its ONNX files (each `<version>/model.onnx`), shared by the
     model families. fp16: converted in place. int8: each of `quantized` (the models where the
-    compute is, an image encoder) gets an int8 copy that the `cpu` config runs; `model.onnx`
+    compute is, an image encoder) gets an int8 copy that the `cpu` config runs (`fp32_scopes` as
+    in `quantize_int8`); `model.onnx`
     stays fp32 for the `gpu` config's TensorRT fp16 path. Stale engines and int8 copies from an
     earlier export are removed: they must not outlive the model they came from."""
     paths, quantized = list(paths), list(quantized)
@@ -176,4 +204,4 @@ def apply_precision(paths: Iterable[Path], precision: str, quantized: Iterable[P
             to_fp16(path)
     elif precision == "int8":
         for path in quantized:
-            quantize_int8(path, path.parent / INT8_ONNX_FILE)
+            quantize_int8(path, path.parent / INT8_ONNX_FILE, fp32_scopes)

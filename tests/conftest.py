@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,17 +21,34 @@ from perceptserve.model_repository.writer import version_dir, write_models
 from perceptserve.server import TritonServer, free_port
 from skimage import data as sample_images
 
+from perceptserve.hqsam.export_modules import INT8_FP32_SCOPES
 from perceptserve.hqsam.families import HQSAM
 from perceptserve.hqsam.registry import ViTConfig
 from perceptserve.settings import ServerSettings, Settings
 
-from .datasetdm_fixtures import tiny_export  # noqa: F401  (one session fixture for every DatasetDM test file)
+from .background import EXPORTS
+from .datasetdm_fixtures import (
+    TINY_EXPORT,
+    export_tiny,
+    tiny_export,  # noqa: F401  (one session fixture for every DatasetDM test file)
+)
 from .sam_fixtures import sam_small_vit, sam_vit_t  # noqa: F401  (the plain SAM / MobileSAM exports)
 
 # `_build_sam` with two blocks, the second a global-attention block (HQ-SAM's early feature).
 SMALL_VIT = ViTConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,))
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Start the tiny DatasetDM export in the background when a collected test needs it: one that
+    asks for it (directly or through `datasetdm_server`), or a conformance case of a DatasetDM
+    model (those ask for their server by name at run time)."""
+    if any(TINY_EXPORT in item.fixturenames or "[datasetdm_" in item.name for item in items):
+        root = Path(tempfile.mkdtemp(prefix="perceptserve-datasetdm-"))
+        config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
+        config.add_cleanup(EXPORTS.shutdown)
+        EXPORTS.start(TINY_EXPORT, export_tiny, root)
 
 
 def server_settings() -> ServerSettings:
@@ -59,7 +77,7 @@ def small_vit_int8(small_vit, tmp_path_factory) -> Exported:
     repository = tmp_path_factory.mktemp("small_vit_int8") / "repository"
     shutil.copytree(small_vit.repository, repository)
     paths = {model: version_dir(repository, model) / configs.ONNX_FILE for model in (HQSAM.encoder, HQSAM.decoder)}
-    onnx_io.apply_precision(paths.values(), "int8", quantized=[paths[HQSAM.encoder]])
+    onnx_io.apply_precision(paths.values(), "int8", quantized=[paths[HQSAM.encoder]], fp32_scopes=INT8_FP32_SCOPES)
     write_models(repository, names.definitions(Settings()), Settings())
     exported = copy.copy(small_vit)
     exported.repository = repository

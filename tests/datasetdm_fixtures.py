@@ -19,7 +19,11 @@ from perceptserve.datasetdm.features import FeatureLayout
 from perceptserve.datasetdm.source import Diffusion, load
 from perceptserve.settings import Settings
 
+from .background import EXPORTS
+
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+TINY_EXPORT = "tiny_export"  # the fixture's name: collection starts it for the tests that use it
 
 
 @dataclass
@@ -42,12 +46,17 @@ class TinyExport:
         return prepare(self.job, self.diffusion())
 
 
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory) -> TinyExport:
-    root = tmp_path_factory.mktemp("datasetdm")
+def export_tiny(root: Path) -> TinyExport:
+    """The tiny random pipeline with all four tasks, exported into `root`."""
     job = DatasetDMExport(repository=root / "repository", tasks=("semantic", "instance", "depth", "pose"))
     with torch.no_grad():
         return TinyExport(job, run(job, Settings()))
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> TinyExport:
+    """Started in the background at collection when some test needs it (tests/background.py)."""
+    return EXPORTS.result(TINY_EXPORT) or export_tiny(tmp_path_factory.mktemp("datasetdm"))
 
 
 def segblock_shapes(prefix: str, in_channels: int, out_channels: int) -> dict[str, tuple]:

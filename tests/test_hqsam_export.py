@@ -4,6 +4,7 @@ architectures (a two-block `_build_sam` ViT and the full TinyViT), on real photo
 from itertools import product
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from perceptserve.export import hqsam_parity, onnx_io
@@ -11,6 +12,7 @@ from perceptserve.export.hqsam import HQSamExport, run
 from perceptserve.export.hqsam_parity import mask_iou, reference_hq_features
 from perceptserve.model_repository.definitions import Tensor
 
+from perceptserve.hqsam.export_modules import INT8_FP32_SCOPES
 from perceptserve.hqsam.geometry import resize_and_pad
 from perceptserve.hqsam.official import ResizeLongestSide, SamPredictor
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
@@ -126,8 +128,6 @@ def test_fp16_error_is_bounded(tmp_path, photos):
     relative = {what: rel for what, _, rel in report.rows}
     assert relative["image_embeddings [1, 256, 64, 64]"] < 1e-2
     assert report.min_iou >= 0.95
-    import onnx
-
     encoder = onnx.load(str(tmp_path / "hqsam_encoder" / "1" / "model.onnx"))
     assert encoder.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert encoder.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -145,6 +145,26 @@ def test_int8_masks_agree_with_the_fp32_official_predictor(small_vit_int8, photo
     relative = {what: rel for what, _, rel in report.rows}
     assert 1e-3 < relative["image_embeddings [1, 256, 64, 64]"] < 0.2  # int8 really ran, and stayed close
     assert "relative reported only, mask IoU >= 0.97" in report.format()
+
+
+def test_int8_copy_keeps_convolutions_and_the_first_vit_block_in_fp32(small_vit_int8):
+    """The measured recipe (onnx_io.quantize_int8): int8 MatMul weights everywhere but the ViT's
+    first block; no ConvInteger. The fp32 graph's weight MatMuls of block 0 reappear unchanged."""
+    folder = small_vit_int8.repository / "hqsam_encoder" / "1"
+    fp32 = onnx.load(str(folder / "model.onnx"))
+    int8 = onnx.load(str(folder / "model.int8.onnx"))
+    first_block = set(onnx_io.nodes_in_scopes(fp32, INT8_FP32_SCOPES))
+    weights = {init.name for init in fp32.graph.initializer}
+    kept = {
+        n.name for n in fp32.graph.node if n.op_type == "MatMul" and n.name in first_block and n.input[1] in weights
+    }
+    assert len(kept) == 4  # qkv, proj, and the MLP's two linears
+    int8_ops = [n.op_type for n in int8.graph.node]
+    assert int8_ops.count("MatMulInteger") == 4  # the second (last) block's four
+    assert "ConvInteger" not in int8_ops and int8_ops.count("Conv") == [n.op_type for n in fp32.graph.node].count(
+        "Conv"
+    )
+    assert kept <= {n.name for n in int8.graph.node if n.op_type == "MatMul"}
 
 
 def test_int8_fails_below_a_worst_mask_iou_of_0_97():

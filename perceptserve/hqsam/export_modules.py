@@ -41,6 +41,12 @@ def _make_batch_dynamic(encoder: nn.Module) -> None:
             module.__class__ = _BATCH_DYNAMIC[type(module)]
 
 
+# Modules of `ImageEncoder` that its int8 copy keeps in fp32 (`onnx_io.quantize_int8`): a ViT's
+# first block, whose quantisation error the later blocks amplify (measured at vit_b). TinyViT
+# has no such block: its first stage is convolutions, which the int8 copy keeps in fp32 anyway.
+INT8_FP32_SCOPES = ("image_encoder.blocks.0",)
+
+
 class ImageEncoder(nn.Module):
     """uint8 image [B, 1024, 1024, 3] (resized, zero-padded) + its resized size [B, 2] ->
     image_embeddings [B, 256, 64, 64] (+ hq_features [B, 32, 256, 256] with `hq`).
