@@ -15,6 +15,7 @@ import pytest
 import torch
 from perceptserve.export import onnx_io
 from perceptserve.export.hqsam import HQSamExport, load_model, run
+from perceptserve.export.hqsam_parity import ParityReport
 from perceptserve.model_repository import configs
 from perceptserve.model_repository import hqsam as names
 from perceptserve.model_repository.writer import version_dir, write_models
@@ -40,15 +41,40 @@ SMALL_VIT = ViTConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def vit_tiny_job(repository: Path) -> HQSamExport:
+    return HQSamExport(model="vit_tiny", repository=repository, seed=2)
+
+
+def export_report(job: HQSamExport) -> ParityReport:
+    with torch.no_grad():
+        return run(job, Settings())
+
+
+def export_vit_tiny(repository: Path) -> tuple[HQSamExport, ParityReport]:
+    job = vit_tiny_job(repository)
+    return job, export_report(job)
+
+
+# Session exports a worker process starts at collection (tests/background.py), in the order their
+# first users run: a test needs one when it asks for the fixture (directly or through another,
+# as `datasetdm_server`), or names it in its parameters (the parametrised tests that ask for
+# their fixture by name at run time: `[datasetdm_annotate-grpc]`, `[vit_tiny]`).
+BACKGROUND = {
+    TINY_EXPORT: ("[datasetdm_", export_tiny),
+    "vit_tiny": ("[vit_tiny]", export_vit_tiny),
+}
+
+
+@pytest.hookimpl(trylast=True)  # after `-k` and `-m` have deselected
 def pytest_collection_modifyitems(config, items) -> None:
-    """Start the tiny DatasetDM export in the background when a collected test needs it: one that
-    asks for it (directly or through `datasetdm_server`), or a conformance case of a DatasetDM
-    model (those ask for their server by name at run time)."""
-    if any(TINY_EXPORT in item.fixturenames or "[datasetdm_" in item.name for item in items):
-        root = Path(tempfile.mkdtemp(prefix="perceptserve-datasetdm-"))
-        config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
-        config.add_cleanup(EXPORTS.shutdown)
-        EXPORTS.start(TINY_EXPORT, export_tiny, root)
+    if config.option.collectonly:
+        return
+    for name, (in_parameters, export) in BACKGROUND.items():
+        if any(name in item.fixturenames or in_parameters in item.name for item in items):
+            root = Path(tempfile.mkdtemp(prefix=f"perceptserve-{name}-"))
+            config.add_cleanup(lambda root=root: shutil.rmtree(root, ignore_errors=True))
+            EXPORTS.start(name, export, root)
+    config.add_cleanup(EXPORTS.shutdown)
 
 
 def server_settings() -> ServerSettings:
@@ -58,9 +84,9 @@ def server_settings() -> ServerSettings:
 class Exported:
     """An exported repository and the official torch model it came from."""
 
-    def __init__(self, job: HQSamExport) -> None:
+    def __init__(self, job: HQSamExport, report: ParityReport | None = None) -> None:
         self.job = job
-        self.report = run(job, Settings())
+        self.report = report or export_report(job)
         self.sam = load_model(job)
         self.repository = job.repository
 
@@ -87,7 +113,9 @@ def small_vit_int8(small_vit, tmp_path_factory) -> Exported:
 
 @pytest.fixture(scope="session")
 def vit_tiny(tmp_path_factory) -> Exported:
-    return Exported(HQSamExport(model="vit_tiny", repository=tmp_path_factory.mktemp("vit_tiny"), seed=2))
+    """Started in the background at collection when some test needs it (`BACKGROUND`)."""
+    exported = EXPORTS.result("vit_tiny")
+    return Exported(*exported) if exported else Exported(vit_tiny_job(tmp_path_factory.mktemp("vit_tiny")))
 
 
 @pytest.fixture(scope="session")
