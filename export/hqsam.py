@@ -87,6 +87,13 @@ DECODER_BOUNDS = {
 }
 
 
+def apply_precision(onnx_paths: dict[str, Path], family: Family, precision: str) -> None:
+    """`--precision` on the family's exported encoder and decoder (`onnx_paths` by model name):
+    with int8, the encoder alone gets its int8 copy, its first ViT block kept in fp32."""
+    encoder = onnx_paths[family.encoder]
+    onnx_io.apply_precision(onnx_paths.values(), precision, quantized=[encoder], fp32_scopes=INT8_FP32_SCOPES)
+
+
 def export_encoder(sam, family: Family, path: Path) -> Path:
     named = names.tensors(family)
     example = {
@@ -162,9 +169,7 @@ def run(job: HQSamExport, settings: Settings) -> hqsam_parity.ParityReport:
             export_decoder(sam, family, onnx_paths[family.decoder])
     converting = job.precision in PRECISION_STEPS
     with steps.step(PRECISION_STEPS[job.precision]) if converting else contextlib.nullcontext():
-        onnx_io.apply_precision(
-            onnx_paths.values(), job.precision, quantized=[onnx_paths[family.encoder]], fp32_scopes=INT8_FP32_SCOPES
-        )
+        apply_precision(onnx_paths, family, job.precision)
     if job.tensorrt:
         with steps.step("building TensorRT engines"):
             serving = settings.hqsam

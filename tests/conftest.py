@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from perceptserve.export import onnx_io
-from perceptserve.export.hqsam import HQSamExport, load_model, run
+from perceptserve.export.hqsam import HQSamExport, apply_precision, load_model, run
 from perceptserve.export.hqsam_parity import ParityReport
 from perceptserve.model_repository import configs
 from perceptserve.model_repository import hqsam as names
@@ -22,7 +21,6 @@ from perceptserve.model_repository.writer import version_dir, write_models
 from perceptserve.server import TritonServer, free_port
 from skimage import data as sample_images
 
-from perceptserve.hqsam.export_modules import INT8_FP32_SCOPES
 from perceptserve.hqsam.families import HQSAM
 from perceptserve.hqsam.registry import ViTConfig
 from perceptserve.settings import ServerSettings, Settings
@@ -103,7 +101,7 @@ def small_vit_int8(small_vit, tmp_path_factory) -> Exported:
     repository = tmp_path_factory.mktemp("small_vit_int8") / "repository"
     shutil.copytree(small_vit.repository, repository)
     paths = {model: version_dir(repository, model) / configs.ONNX_FILE for model in (HQSAM.encoder, HQSAM.decoder)}
-    onnx_io.apply_precision(paths.values(), "int8", quantized=[paths[HQSAM.encoder]], fp32_scopes=INT8_FP32_SCOPES)
+    apply_precision(paths, HQSAM, "int8")
     write_models(repository, names.definitions(Settings()), Settings())
     exported = copy.copy(small_vit)
     exported.repository = repository
