@@ -23,6 +23,7 @@ from perceptserve.model_repository.configs import ONNX_FILE, PLAN_FILE, cpu_onnx
 from perceptserve.model_repository.writer import recorded_parameter, remove_models, version_dir, write_models
 
 from perceptserve.hqsam import checkpoint_loading, registry
+from perceptserve.hqsam.banded_attention import row_banded_attention
 from perceptserve.hqsam.export_modules import INT8_FP32_SCOPES, ImageEncoder, prompt_decoder
 from perceptserve.hqsam.families import HQSAM, Family
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
@@ -100,14 +101,15 @@ def export_encoder(sam, family: Family, path: Path) -> Path:
         "image": torch.zeros(2, 1024, 1024, 3, dtype=torch.uint8),
         "input_size": torch.tensor([[1024, 768], [683, 1024]]),
     }
-    return onnx_io.export(
-        ImageEncoder(sam, family.hq).eval(),
-        example,
-        path,
-        named.encoder_inputs,
-        named.encoder_outputs,
-        batch=torch.export.Dim("batch", min=1, max=64),
-    )
+    with row_banded_attention(sam.image_encoder):
+        return onnx_io.export(
+            ImageEncoder(sam, family.hq).eval(),
+            example,
+            path,
+            named.encoder_inputs,
+            named.encoder_outputs,
+            batch=torch.export.Dim("batch", min=1, max=64),
+        )
 
 
 def export_decoder(sam, family: Family, path: Path) -> Path:

@@ -12,9 +12,10 @@ from perceptserve.export.hqsam import HQSamExport, run
 from perceptserve.export.hqsam_parity import mask_iou, reference_hq_features
 from perceptserve.model_repository.definitions import Tensor
 
+from perceptserve.hqsam.banded_attention import BAND_BYTES, row_banded_attention
 from perceptserve.hqsam.export_modules import INT8_FP32_SCOPES
 from perceptserve.hqsam.geometry import resize_and_pad
-from perceptserve.hqsam.official import ResizeLongestSide, SamPredictor
+from perceptserve.hqsam.official import HQSamViTAttention, ResizeLongestSide, SamPredictor, SamViTAttention
 from perceptserve.hqsam.onnx_predictor import OnnxPredictor
 from perceptserve.onnxruntime_session import cpu_session
 from perceptserve.settings import Settings
@@ -133,6 +134,32 @@ def test_fp16_error_is_bounded(tmp_path, photos):
     assert encoder.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     kept = {n.op_type for n in encoder.graph.node} & set(onnx_io.FP32_OPS)
     assert "LayerNormalization" in kept or "ReduceMean" in kept
+
+
+@pytest.mark.parametrize("official", [HQSamViTAttention, SamViTAttention])
+def test_global_attention_in_row_bands_matches_the_official_forward(official):
+    """vit_b's global attention (12 heads over 64 x 64 tokens), as the export computes it, in
+    bands of two image rows, against the official forward; the official class is put back."""
+    torch.manual_seed(0)
+    attention = official(768, 12, qkv_bias=True, use_rel_pos=True, input_size=(64, 64)).eval()
+    with torch.no_grad():
+        attention.rel_pos_h.normal_(0, 0.5)
+        attention.rel_pos_w.normal_(0, 0.5)
+        x = torch.randn(2, 64, 64, 768)
+        expected = attention(x)
+        with row_banded_attention(attention):
+            assert type(attention).__name__ == f"RowBanded{official.__name__}"
+            got = attention(x)
+    assert type(attention) is official
+    assert BAND_BYTES // (12 * 64 * 4096 * 4) == 2
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_exported_global_attention_is_banded(small_vit):
+    """The small ViT's global block (2 heads: 16 rows of scores per band) exports as four softmaxes,
+    its windowed block as one; the parity tests above compare the result with the official model."""
+    encoder = onnx.load(str(small_vit.repository / "hqsam_encoder" / "1" / "model.onnx"), load_external_data=False)
+    assert [n.op_type for n in encoder.graph.node].count("Softmax") == 1 + 64 // 16
 
 
 def test_int8_masks_agree_with_the_fp32_official_predictor(small_vit_int8, photos):

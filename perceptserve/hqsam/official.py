@@ -18,21 +18,25 @@ with warnings.catch_warnings():
     from mobile_sam.build_sam import build_sam_vit_t as build_mobile_sam_vit_t
     from mobile_sam.modeling.tiny_vit_sam import PatchMerging as MobileSamPatchMerging
     from segment_anything.build_sam import _build_sam as build_plain_sam
+    from segment_anything.modeling.image_encoder import Attention as SamViTAttention
     from segment_anything_hq import SamAutomaticMaskGenerator, SamPredictor
     from segment_anything_hq.build_sam import _build_sam, build_sam_vit_t
     from segment_anything_hq.modeling import Sam
+    from segment_anything_hq.modeling.image_encoder import Attention as HQSamViTAttention
     from segment_anything_hq.modeling.tiny_vit_sam import PatchMerging
     from segment_anything_hq.utils.transforms import ResizeLongestSide
 
 __all__ = [
     "BUILDERS",
     "Builders",
+    "HQSamViTAttention",
     "MobileSamPatchMerging",
     "PatchMerging",
     "ResizeLongestSide",
     "Sam",
     "SamAutomaticMaskGenerator",
     "SamPredictor",
+    "SamViTAttention",
     "_build_sam",
     "build_sam_vit_t",
     "predictor_for",

@@ -1,0 +1,84 @@
+"""The ViT's global attention computed a band of query rows at a time, for the exported encoder.
+
+SAM's global blocks (4 of vit_b's 12) attend over all 64 x 64 tokens. The official forward builds
+the whole score matrix, [heads, 4096, 4096] per image (805 MB at vit_b), then adds the two
+relative-position terms and takes the softmax: each of those is a pass over it in memory, and
+without ONNX Runtime's arena (the server runs without it) each run maps it afresh. Measured in
+ONNX Runtime on a 2-core CPU, one vit_b global block took 2.0 s whole and 1.08 s in bands of two
+rows (`benchmarks/README.md`). Softmax is per query row, so banding the queries is the same
+arithmetic; only the export uses it, and the parity check compares it with the official forward.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .official import HQSamViTAttention, SamViTAttention
+
+# The most bytes one band's scores may take per image: glibc serves blocks up to 32 MiB from
+# its heap once they have been freed, and maps larger ones anew for every run.
+BAND_BYTES = 32 << 20
+
+
+class _RowBanded:
+    """The official `Attention.forward`, its queries taken `rows` image rows at a time;
+    `get_rel_pos` is the official package's own."""
+
+    get_rel_pos: staticmethod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        heads = self.num_heads
+        rows = max(1, BAND_BYTES // (heads * width * height * width * 4))
+        if rows >= height:
+            return super().forward(x)
+        qkv = self.qkv(x).reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, batch * heads, height * width, -1).unbind(0)
+        keys = k.transpose(-2, -1)
+        if self.use_rel_pos:
+            rel_pos_h = self.get_rel_pos(height, height, self.rel_pos_h)
+            rel_pos_w = self.get_rel_pos(width, width, self.rel_pos_w)
+        bands = []
+        for top in range(0, height, rows):
+            band_rows = min(rows, height - top)
+            queries = q[:, top * width : (top + band_rows) * width]
+            scores = (queries * self.scale) @ keys
+            if self.use_rel_pos:
+                grid = queries.reshape(batch * heads, band_rows, width, -1)
+                rel_h = torch.einsum("bhwc,hkc->bhwk", grid, rel_pos_h[top : top + band_rows])
+                rel_w = torch.einsum("bhwc,wkc->bhwk", grid, rel_pos_w)
+                scores = scores.view(batch * heads, band_rows, width, height, width)
+                scores = scores + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+                scores = scores.view(batch * heads, band_rows * width, height * width)
+            bands.append(scores.softmax(dim=-1) @ v)
+        x = torch.cat(bands, dim=1).view(batch, heads, height, width, -1)
+        return self.proj(x.permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1))
+
+
+_BANDED = {
+    official: type(
+        f"RowBanded{official.__name__}",
+        (_RowBanded, official),
+        {"get_rel_pos": staticmethod(sys.modules[official.__module__].get_rel_pos)},
+    )
+    for official in (HQSamViTAttention, SamViTAttention)
+}
+
+
+@contextmanager
+def row_banded_attention(encoder: nn.Module) -> Iterator[None]:
+    """Within the block, `encoder`'s ViT attention computes in row bands; the official class is
+    put back after, so the model stays the parity check's reference."""
+    swapped = [(module, type(module)) for module in encoder.modules() if type(module) in _BANDED]
+    for module, official in swapped:
+        module.__class__ = _BANDED[official]
+    try:
+        yield
+    finally:
+        for module, official in swapped:
+            module.__class__ = official
