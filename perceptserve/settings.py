@@ -200,6 +200,11 @@ class ServerSettings:
     log_to_stdout: bool = False
     # Further tritonserver arguments, appended to those built from the fields above.
     tritonserver_args: tuple[str, ...] = ()
+    # glibc's malloc asks for transparent huge pages on what it maps (GLIBC_TUNABLES
+    # glibc.malloc.hugetlb=1 in tritonserver's environment, which the python stubs inherit). With
+    # ONNX Runtime's arena off each run's large activations are mapped anew: on 4 KiB pages the
+    # int8 vit_b encoder took 188k page faults a run, on 2 MiB pages 870, and 12% less time.
+    malloc_huge_pages: bool = True
 
 
 @dataclass(frozen=True)
@@ -213,14 +218,16 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
+def yes(value: str) -> bool:
+    """An environment flag: 1, true or yes (any case) is on; anything else is off."""
+    return value.lower() in ("1", "true", "yes")
+
+
 ENV_OVERRIDES = {
     "PERCEPTSERVE_MAX_IMAGE_PIXELS": ("hqsam", "max_image_pixels", int),
     "PERCEPTSERVE_ORT_THREADS": ("cpu_onnxruntime", "threads", int),
-    "PERCEPTSERVE_ORT_SPINNING": (
-        "cpu_onnxruntime",
-        "allow_spinning",
-        lambda value: value.lower() in ("1", "true", "yes"),
-    ),
+    "PERCEPTSERVE_ORT_SPINNING": ("cpu_onnxruntime", "allow_spinning", yes),
+    "PERCEPTSERVE_MALLOC_HUGE_PAGES": ("server", "malloc_huge_pages", yes),
     "PERCEPTSERVE_MEMORY_BUDGET": ("memory", "budget_bytes", parse_bytes),
     "PERCEPTSERVE_RESPONSE_CACHE_BYTES": ("server", "response_cache_bytes", int),
     "PERCEPTSERVE_API_KEY": ("server", "api_key", str),

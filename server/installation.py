@@ -72,8 +72,9 @@ class TritonInstallation:
         libraries = root.parent.parent / "nvidia_pytriton.libs"
         return cls(root / "bin" / "tritonserver", _python_backend_folder(root), root / "caches", (libraries,))
 
-    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """The server's environment: `base` (default: ours) with this Python found first.
+    def environment(self, base: dict[str, str] | None = None, huge_pages: bool = False) -> dict[str, str]:
+        """The server's environment: `base` (default: ours) with this Python found first, and with
+        `huge_pages` glibc's malloc tuned to map with transparent huge pages (`ServerSettings`).
 
         The python stub finds this environment's packages through PATH's first python. It links
         libpython3.x by name: this interpreter's own comes first, so that its extension modules
@@ -86,7 +87,14 @@ class TritonInstallation:
         own_python = [str(interpreter)] if any(interpreter.glob("libpython3*.so*")) else []
         libraries = [*map(str, self.libraries), *own_python, env.get("LD_LIBRARY_PATH", "")]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
+        if huge_pages:
+            env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), HUGE_PAGES_TUNABLE]))
         return env
+
+
+# glibc >= 2.35; older glibc ignores it. Only where the kernel's transparent_hugepage mode is
+# `madvise` or `always` does it change anything.
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
 def _python_backend_folder(root: Path) -> Path:

@@ -93,7 +93,7 @@ class TritonServer:
             tritonserver_command(installation, self.repository, self.config, s),
             stdout=subprocess.PIPE if s.log_to_stdout else log,
             stderr=subprocess.STDOUT,
-            env=installation.environment(),
+            env=installation.environment(huge_pages=s.malloc_huge_pages),
             start_new_session=True,
         )
         if s.log_to_stdout:

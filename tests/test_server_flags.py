@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from perceptserve.server import ServerError
 from perceptserve.server.flags import tritonserver_command
-from perceptserve.server.installation import STUB, TritonInstallation
+from perceptserve.server.installation import HUGE_PAGES_TUNABLE, STUB, TritonInstallation
 
 from perceptserve.cli import _server_settings, build_parser
 from perceptserve.settings import ServerSettings, from_env
@@ -36,6 +36,14 @@ def test_an_installed_tritonserver_uses_its_own_backends_and_libraries(tmp_path)
         TritonInstallation.locate(tmp_path)
     with pytest.raises(ServerError, match="has no python backend"):
         TritonInstallation.locate(ngc_layout(tmp_path / "no-stub", stub=False))
+
+
+def test_huge_pages_are_added_to_the_servers_glibc_tunables(tmp_path):
+    found = TritonInstallation.locate(ngc_layout(tmp_path / "opt-tritonserver"))
+    assert "GLIBC_TUNABLES" not in found.environment({"PATH": "/usr/bin"})
+    assert found.environment({}, huge_pages=True)["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE
+    merged = found.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, huge_pages=True)
+    assert merged["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{HUGE_PAGES_TUNABLE}"
 
 
 @pytest.mark.skipif(Path("/opt/tritonserver").exists(), reason="an installed tritonserver is found first")

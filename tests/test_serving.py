@@ -10,6 +10,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ import tritonclient.grpc as grpcclient
 from perceptserve.clients import AsyncHQSamClient, ClientError, HQSamClient
 from perceptserve.clients.triton_io import infer_input
 from perceptserve.export.hqsam_parity import mask_iou
+from perceptserve.server.installation import HUGE_PAGES_TUNABLE
+from perceptserve.server.stubs import stub_processes
 from tritonclient.utils import InferenceServerException
 
 from perceptserve.hqsam.official import SamPredictor
@@ -263,3 +266,12 @@ def test_client_errors_carry_the_status(client):
     assert error.value.status == "INVALID_ARGUMENT" and "outside the 32x32 image" in error.value.message
     with pytest.raises(ClientError, match="HWC uint8 RGB"):
         client.set_image(np.zeros((32, 32), np.float32))
+
+
+def test_the_python_stubs_inherit_the_huge_pages_tunable(server):
+    """What the setting is for: the stubs, where ONNX Runtime runs, not only tritonserver."""
+    stubs = stub_processes(server.process.pid)
+    assert any(name.startswith("hqsam_encoder_") for name in stubs.values())
+    for pid in stubs:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE}".encode() in environ
