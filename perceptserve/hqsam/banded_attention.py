@@ -1,12 +1,13 @@
 """The ViT's global attention computed a band of query rows at a time, for the exported encoder.
 
 SAM's global blocks (4 of vit_b's 12) attend over all 64 x 64 tokens. The official forward builds
-the whole score matrix, [heads, 4096, 4096] per image (805 MB at vit_b), then adds the two
-relative-position terms and takes the softmax: each of those is a pass over it in memory, and
-without ONNX Runtime's arena (the server runs without it) each run maps it afresh. Measured in
-ONNX Runtime on a 2-core CPU, one vit_b global block took 2.0 s whole and 1.08 s in bands of two
-rows (`benchmarks/README.md`). Softmax is per query row, so banding the queries is the same
-arithmetic; only the export uses it, and the parity check compares it with the official forward.
+the whole score matrix, [heads, 4096, 4096] per image (805 MB at vit_b, 1.07 GB at vit_h), and the
+relative-position sum and the softmax each make another: a vit_b export's parity check peaked at
+10.7 GB RSS, and each image in a served batch carried them. In bands (of 32 MiB then) the same
+export peaked at 6.1 GB, and the served int8 vit_b encoder (arena off) ran in 9.6 s, not 10.4.
+Softmax is per query row, so banding the queries is the same arithmetic; only the export uses
+it, and the parity check compares it with the official forward. The cost is export time: each
+band is traced on its own (vit_b's encoder export: 40 s whole, 106 s in 16 bands).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from torch import nn
 
 from .official import HQSamViTAttention, SamViTAttention
 
-# The most bytes one band's scores may take per image: glibc serves blocks up to 32 MiB from
-# its heap once they have been freed, and maps larger ones anew for every run.
-BAND_BYTES = 32 << 20
+# The most bytes one band's scores may take per image: four rows at vit_b, three at vit_h. Bands
+# of two rows ran no faster in ONNX Runtime and doubled the export time.
+BAND_BYTES = 48 << 20
 
 
 class _RowBanded:
