@@ -203,8 +203,10 @@ class ServerSettings:
     # glibc's malloc asks for transparent huge pages on what it maps (GLIBC_TUNABLES
     # glibc.malloc.hugetlb=1 in tritonserver's environment, which the python stubs inherit). With
     # ONNX Runtime's arena off each run's large activations are mapped anew: on 4 KiB pages the
-    # int8 vit_b encoder took 188k page faults a run, on 2 MiB pages 870, and 12% less time.
-    malloc_huge_pages: bool = True
+    # int8 vit_b encoder took 188k page faults a run, on 2 MiB pages 870, and 12% less time. Off by
+    # default: the full-size DatasetDM server then held 150 MiB more at ready (8.13 GiB, over its
+    # 8 GiB target) and its generate ran no faster. PERCEPTSERVE_MALLOC_HUGE_PAGES=1 for HQ-SAM.
+    malloc_huge_pages: bool = False
 
 
 @dataclass(frozen=True)

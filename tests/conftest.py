@@ -76,7 +76,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def server_settings() -> ServerSettings:
-    return ServerSettings(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), startup_timeout_s=180)
+    ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    return ServerSettings(**ports, startup_timeout_s=180, malloc_huge_pages=True)
 
 
 class Exported:

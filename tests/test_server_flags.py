@@ -39,6 +39,8 @@ def test_an_installed_tritonserver_uses_its_own_backends_and_libraries(tmp_path)
 
 
 def test_huge_pages_are_added_to_the_servers_glibc_tunables(tmp_path):
+    assert not from_env({}).server.malloc_huge_pages  # opt-in: see ServerSettings
+    assert from_env({"PERCEPTSERVE_MALLOC_HUGE_PAGES": "1"}).server.malloc_huge_pages
     found = TritonInstallation.locate(ngc_layout(tmp_path / "opt-tritonserver"))
     assert "GLIBC_TUNABLES" not in found.environment({"PATH": "/usr/bin"})
     assert found.environment({}, huge_pages=True)["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE

@@ -269,7 +269,8 @@ def test_client_errors_carry_the_status(client):
 
 
 def test_the_python_stubs_inherit_the_huge_pages_tunable(server):
-    """What the setting is for: the stubs, where ONNX Runtime runs, not only tritonserver."""
+    """The test servers turn `malloc_huge_pages` on (conftest); the stubs, where ONNX Runtime
+    runs, inherit it, not only tritonserver."""
     stubs = stub_processes(server.process.pid)
     assert any(name.startswith("hqsam_encoder_") for name in stubs.values())
     for pid in stubs:
