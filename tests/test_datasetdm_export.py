@@ -125,6 +125,21 @@ def test_repository_holds_the_unet_weights_once(tiny_export):
     assert inline < 0.01 * (folder / (configs.ONNX_FILE + ".data")).stat().st_size
 
 
+def test_the_depth_decoders_first_convolution_runs_at_the_latent_size(tiny_export):
+    """DatasetDM's 3x3 convolution over the resized image-size map (4.9 TFLOP at 512x512) is
+    exported as one 1x1 convolution of its nine taps at the latent size, then two resize
+    matrices: the only 4w -> 4w 3x3 kernels left are the mixing block's two at the latent size
+    (before, one more per strip)."""
+    width = 4 * tiny.DEPTH.width
+    path = version_dir(tiny_export.repository, names.DECODERS["depth"]) / configs.ONNX_FILE
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    shapes |= {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in graph.value_info}
+    kernels = [shapes.get(n.input[1]) for n in graph.node if n.op_type == "Conv"]
+    assert kernels.count((width, width, 3, 3)) == 2
+    assert kernels.count((9 * width, width, 1, 1)) == 1
+
+
 def test_feature_groups_match_datasetdm_hook_capture(tiny_export):
     """Our explicit UNet walk + attention processor against forward hooks on a plain diffusers
     call, grouped as DatasetDM groups them; one image, as DatasetDM's reshape assumes."""
