@@ -7,6 +7,12 @@ seed). Eager runs first and is freed before the server starts: both at once woul
 24 GB machine beside the export's 3.4 GB UNet. Besides seconds per image, the server's memory
 (tritonserver and its python stubs, from /proc): ready, after the timed requests, and the peak
 sampled during them; and Triton's per-model time (where a generate request's time goes).
+
+And the floor: the image's arithmetic (PyTorch's FLOP counter over one UNet call, times the
+calls diffusers made, and the VAE decode) at this CPU's fp32 GEMM peak (ONNX Runtime's MatMul,
+measured in the same run): the least time any fp32 implementation that computes the same
+products takes on this CPU, served or not. (Winograd-style convolutions trade multiplications
+for additions; ONNX Runtime's CPU kernels and PyTorch's here do not use them.)
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
+from onnx import TensorProto, helper
 from perceptserve.clients.datasetdm import DatasetDMGenerateClient
 from perceptserve.export.datasetdm import DatasetDMExport
 from perceptserve.export.datasetdm import run as export_repository
@@ -26,6 +34,7 @@ from perceptserve.model_repository import datasetdm_serving as serving
 from perceptserve.server.launcher import TritonServer
 from perceptserve.server.memory import PeakSampler, by_process_mib, server_rss_mib
 
+from perceptserve.onnxruntime_session import cpu_session
 from perceptserve.settings import Settings
 
 from .report import write_results
@@ -47,12 +56,16 @@ def _timed(call, seeds: list[int]) -> LatencySummary:
     return LatencySummary.from_seconds(latencies, time.perf_counter() - start)
 
 
-def diffusers_seconds(folder: Path, seeds: list[int], steps: int, side: int, guidance: float) -> LatencySummary:
-    """diffusers' pipeline, image only, one seed per call, after a one-step warm-up."""
+def diffusers_seconds(
+    folder: Path, seeds: list[int], steps: int, side: int, guidance: float
+) -> tuple[LatencySummary, dict]:
+    """diffusers' pipeline, image only, one seed per call, after a one-step warm-up; and the
+    image's arithmetic (`image_flops`)."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    unet_calls = []
 
     def call(seed: int, steps: int = steps) -> None:
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -63,7 +76,47 @@ def diffusers_seconds(folder: Path, seeds: list[int], steps: int, side: int, gui
 
     with torch.no_grad():
         call(seeds[0], 1)
-        return _timed(call, seeds)  # the pipeline is freed on return
+        hook = pipe.unet.register_forward_pre_hook(lambda *_: unet_calls.append(1))
+        summary = _timed(call, seeds)
+        hook.remove()
+        return summary, image_flops(pipe, side, len(unet_calls) // len(seeds), guidance > 1)
+
+
+def image_flops(pipe, side: int, unet_calls: int, guided: bool) -> dict:
+    """FLOPs of one image: `unet_calls` UNet calls (batch 2 with guidance) and one VAE decode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    latent = side // pipe.vae_scale_factor
+    batch = 2 if guided else 1
+    text = torch.zeros(batch, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
+    with FlopCounterMode(display=False) as unet:
+        pipe.unet(torch.zeros(batch, pipe.unet.config.in_channels, latent, latent), 500, text)
+    with FlopCounterMode(display=False) as vae:
+        pipe.vae.decode(torch.zeros(1, pipe.vae.config.latent_channels, latent, latent))
+    per_call = unet.get_total_flops()
+    return {
+        "unet_call": per_call,
+        "unet_calls": unet_calls,
+        "vae_decode": vae.get_total_flops(),
+        "image": unet_calls * per_call + vae.get_total_flops(),
+    }
+
+
+def fp32_gemm_peak(side: int = 2048, runs: int = 10) -> float:
+    """FLOP/s of ONNX Runtime's fp32 MatMul (MLAS) at `side`^3, the best of `runs`: the ceiling
+    for every fp32 model on this CPU."""
+    square = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [side, side]) for n in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", square[:2], square[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = cpu_session(model.SerializeToString())
+    feeds = {n: np.random.default_rng(0).random((side, side), dtype=np.float32) for n in "ab"}
+    session.run(None, feeds)
+    seconds = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        session.run(None, feeds)
+        seconds.append(time.perf_counter() - began)
+    return 2 * side**3 / min(seconds)
 
 
 def served(repository: Path, out: Path, settings: Settings, seeds, steps, side, guidance) -> dict:
@@ -112,19 +165,22 @@ def run(job, settings: Settings) -> dict:
     seeds = list(range(job.images))
     results: dict = {"config": {k: str(v) for k, v in asdict(job).items()}}
     print(f"diffusers: {job.images} images ({job.steps} steps, {job.side}x{job.side}), image only")
-    eager = diffusers_seconds(job.diffusion, seeds, job.steps, job.side, job.guidance)
+    eager, flops = diffusers_seconds(job.diffusion, seeds, job.steps, job.side, job.guidance)
     gc.collect()
+    floor_seconds = flops["image"] / fp32_gemm_peak()
     print("served: the same seeds, image + semantic + depth")
     results["served"] = served(export.repository, job.out, settings, seeds, job.steps, job.side, job.guidance)
     results["diffusers"] = eager.to_json()
     results["served_over_diffusers"] = ratio(results["served"]["seconds"]["mean_ms"], eager.mean_ms)
     results["meets_target"] = (results["served_over_diffusers"] or 99) <= TARGET
+    results["floor"] = dict(flops, gemm_peak_flops=flops["image"] / floor_seconds, image_seconds=floor_seconds)
+    results["floor_over_diffusers"] = ratio(floor_seconds * 1e3, eager.mean_ms)
     write_results(job.out, results, markdown(results))
     return results
 
 
 def markdown(results: dict) -> str:
-    served, memory = results["served"], results["served"]["memory_mib"]
+    served, memory, floor = results["served"], results["served"]["memory_mib"], results["floor"]
     lines = [
         "# DatasetDM at the real size: served generate + annotations vs diffusers (image only)",
         "",
@@ -134,6 +190,15 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|",
         f"| {results['diffusers']['mean_ms'] / 1e3:.1f} | {served['seconds']['mean_ms'] / 1e3:.1f} | "
         f"{results['served_over_diffusers']:.2f}x | {'met' if results['meets_target'] else 'missed'} |",
+        "",
+        "## the floor: the image's arithmetic at this CPU's fp32 GEMM peak",
+        "",
+        "| UNet call TFLOP | UNet calls | VAE decode TFLOP | image TFLOP | fp32 GEMM peak GFLOP/s | image at peak s "
+        "| / diffusers |",
+        "|---|---|---|---|---|---|---|",
+        f"| {floor['unet_call'] / 1e12:.3f} | {floor['unet_calls']} | {floor['vae_decode'] / 1e12:.3f} | "
+        f"{floor['image'] / 1e12:.3f} | {floor['gemm_peak_flops'] / 1e9:.0f} | {floor['image_seconds']:.1f} | "
+        f"{results['floor_over_diffusers']:.2f}x |",
         "",
         "## server memory (tritonserver + python stubs, MiB)",
         "",

@@ -10,15 +10,16 @@ import onnxruntime as ort
 
 
 def cpu_session(
-    path: str | Path,
+    path: str | Path | bytes,
     threads: int = 0,
     allow_spinning: bool = True,
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     quiet: bool = False,
     memory_arena: bool = True,
 ) -> ort.InferenceSession:
-    """A CPU session on `path`; `threads` 0 is one per core; spinning threads can steal time from
-    busy ones on few cores (`settings.CpuOnnxRuntime`); `quiet` drops ONNX Runtime's warnings.
+    """A CPU session on `path` (or a serialised model); `threads` 0 is one per core; spinning
+    threads can steal time from busy ones on few cores (`settings.CpuOnnxRuntime`); `quiet` drops
+    ONNX Runtime's warnings.
 
     `memory_arena` False (what the server's models run with, `CpuOnnxRuntime.memory_arena`): ONNX
     Runtime's CPU arena keeps the peak of the largest batch it ever ran for the session's life (a
@@ -31,4 +32,5 @@ def cpu_session(
     options.enable_cpu_mem_arena = memory_arena
     if quiet:
         options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
