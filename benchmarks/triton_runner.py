@@ -18,7 +18,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from perceptserve.clients.errors import ClientError
 from perceptserve.clients.hqsam import HQSamClient
-from perceptserve.clients.triton_io import to_client_error
+from perceptserve.clients.triton_io import infer_input, requested_outputs, server_errors
 from perceptserve.model_repository import hqsam as names
 from tritonclient.utils import InferenceServerException
 
@@ -50,16 +50,13 @@ class TritonRunner(Runner):
             raise ClientError(f"cannot reach Triton at {self.url}: {exc.message()}") from None
 
     def _encode(self, feed: dict[str, np.ndarray]) -> None:
-        inputs = []
-        for name, array, dtype in (("image", feed["image"], "UINT8"), ("input_size", feed["input_size"], "INT64")):
-            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(t.name) for t in names.tensors(self.family).encoder_outputs]
-        try:
+        inputs = [
+            infer_input(grpcclient, "image", feed["image"], "UINT8"),
+            infer_input(grpcclient, "input_size", feed["input_size"], "INT64"),
+        ]
+        outputs = requested_outputs(grpcclient, [t.name for t in names.tensors(self.family).encoder_outputs])
+        with server_errors():
             self.triton.infer(self.family.encoder, inputs, outputs=outputs)
-        except InferenceServerException as exc:
-            raise to_client_error(exc) from None
 
     def _segment(self, item: tuple[bytes, dict]) -> None:
         image, prompt = item

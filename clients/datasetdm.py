@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from . import retry
 from .errors import ClientError
-from .triton_io import infer_input, to_client_error, utf8_strings
+from .triton_io import infer_input, requested_outputs, server_errors, utf8_strings
 
 
 @dataclass
@@ -113,15 +113,13 @@ class _Client:
         names = [t.name for task in asked if task in served for t in serving.TASK_OUTPUTS[task]]
 
         def send():
-            try:
+            with server_errors():
                 return self._client.infer(
                     self.model_name,
                     inputs,
                     client_timeout=self.timeout_s,
-                    outputs=[grpcclient.InferRequestedOutput(n) for n in [*self._leading_outputs, *names]],
+                    outputs=requested_outputs(grpcclient, [*self._leading_outputs, *names]),
                 )
-            except InferenceServerException as exc:
-                raise to_client_error(exc) from None
 
         response = retry.call(self.retry_policy, send)
         return {name: response.as_numpy(name) for name in [*self._leading_outputs, *names]}
@@ -131,20 +129,16 @@ class _Client:
     def served_tasks(self) -> list[str]:
         """The tasks this model serves (the decoders exported), from its outputs, read once."""
         if not hasattr(self, "_served"):
-            try:
+            with server_errors():
                 metadata = self._client.get_model_metadata(self.model_name)
-            except InferenceServerException as exc:
-                raise to_client_error(exc) from None
             outputs = {output.name for output in metadata.outputs}
             self._served = [task for task, tensors in serving.TASK_OUTPUTS.items() if tensors[0].name in outputs]
         return self._served
 
     def model_versions(self) -> dict[str, list[str]]:
         """The served versions of this model, for a dataset's manifest."""
-        try:
+        with server_errors():
             return {self.model_name: list(self._client.get_model_metadata(self.model_name).versions)}
-        except InferenceServerException as exc:
-            raise to_client_error(exc) from None
 
     def wait_until_ready(self, timeout_s: float, poll_s: float = 2.0) -> None:
         """Return once the model is ready; a worker may start before the server it calls."""

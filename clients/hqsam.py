@@ -30,7 +30,6 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from perceptserve.model_repository import hqsam as names
-from tritonclient.utils import InferenceServerException
 
 from perceptserve.hqsam.families import HQSAM
 from perceptserve.hqsam.prompts import as_prompt_batch
@@ -38,7 +37,7 @@ from perceptserve.imaging import encode_png
 
 from . import automatic, retry
 from .errors import ClientError
-from .triton_io import infer_input, to_client_error
+from .triton_io import infer_input, requested_outputs, server_errors
 
 OUTPUTS = names.tensors(HQSAM).output_names  # the same names in every family
 
@@ -151,15 +150,10 @@ class HQSamClient:
 
     def _request(self, model: str, inputs, outputs):
         def send():
-            try:
+            with server_errors():
                 return self._client.infer(
-                    model,
-                    inputs,
-                    outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
-                    client_timeout=self.timeout_s,
+                    model, inputs, outputs=requested_outputs(grpcclient, outputs), client_timeout=self.timeout_s
                 )
-            except InferenceServerException as exc:
-                raise to_client_error(exc) from None
 
         return retry.call(self.retry_policy, send)
 
@@ -202,15 +196,10 @@ class AsyncHQSamClient:
 
     async def _request(self, model: str, inputs, outputs):
         async def send():
-            try:
+            with server_errors():
                 return await self._client.infer(
-                    model,
-                    inputs,
-                    outputs=[aioclient.InferRequestedOutput(n) for n in outputs],
-                    client_timeout=self.timeout_s,
+                    model, inputs, outputs=requested_outputs(aioclient, outputs), client_timeout=self.timeout_s
                 )
-            except InferenceServerException as exc:
-                raise to_client_error(exc) from None
 
         return await retry.call_async(self.retry_policy, send)
 

@@ -4,7 +4,8 @@ carries the server's status (INVALID_ARGUMENT for bad input) and message."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from tritonclient.utils import InferenceServerException
@@ -28,3 +29,18 @@ def to_client_error(exc: InferenceServerException) -> ClientError:
     """The server's refusal as a `ClientError` with the gRPC status name (without `StatusCode.`)."""
     status = (exc.status() or "").replace("StatusCode.", "") or None
     return ClientError(exc.message() or str(exc), status)
+
+
+@contextmanager
+def server_errors() -> Iterator[None]:
+    """Within the block, a refusal from tritonclient (sync or `aio`) is raised as a `ClientError`
+    (`to_client_error`), without the tritonclient traceback."""
+    try:
+        yield
+    except InferenceServerException as exc:
+        raise to_client_error(exc) from None
+
+
+def requested_outputs(module, names: Sequence[str]) -> list:
+    """`module.InferRequestedOutput` for each of `names`; `module` as in `infer_input`."""
+    return [module.InferRequestedOutput(name) for name in names]
