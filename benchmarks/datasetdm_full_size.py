@@ -22,10 +22,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
-from onnx import TensorProto, helper
 from perceptserve.clients.datasetdm import DatasetDMGenerateClient
 from perceptserve.export.datasetdm import DatasetDMExport
 from perceptserve.export.datasetdm import run as export_repository
@@ -34,9 +32,9 @@ from perceptserve.model_repository import datasetdm_serving as serving
 from perceptserve.server.launcher import TritonServer
 from perceptserve.server.memory import PeakSampler, by_process_mib, server_rss_mib
 
-from perceptserve.onnxruntime_session import cpu_session
 from perceptserve.settings import Settings
 
+from .floor import fp32_gemm_peak
 from .report import write_results
 from .statistics import LatencySummary, ratio
 from .triton_statistics import delta, snapshot
@@ -100,19 +98,6 @@ def image_flops(pipe, side: int, unet_calls: int, guided: bool) -> dict:
         "vae_decode": vae.get_total_flops(),
         "image": unet_calls * per_call + vae.get_total_flops(),
     }
-
-
-def fp32_gemm_peak(side: int = 2048, runs: int = 10) -> float:
-    """FLOP/s of ONNX Runtime's fp32 MatMul (MLAS) at `side`^3, the best of `runs`: the ceiling
-    for every fp32 model on this CPU."""
-    square = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [side, side]) for n in "abc"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", square[:2], square[2:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = cpu_session(model.SerializeToString())
-    feeds = {n: np.random.default_rng(0).random((side, side), dtype=np.float32) for n in "ab"}
-    session.run(None, feeds)
-    best_ms = _timed(lambda _: session.run(None, feeds), list(range(runs))).min_ms
-    return 2 * side**3 / (best_ms / 1e3)
 
 
 def served(repository: Path, out: Path, settings: Settings, seeds, steps, side, guidance) -> dict:

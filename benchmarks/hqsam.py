@@ -25,12 +25,14 @@ from perceptserve.model_repository.writer import VERSION
 from perceptserve.server import TritonServer, free_port
 
 from perceptserve.hqsam import registry
+from perceptserve.hqsam.export_modules import INT8_FP32_SCOPES
 from perceptserve.hqsam.families import HQSAM, Family
 from perceptserve.hqsam.official import predictor_for
 from perceptserve.settings import Settings
 
 from . import records
 from .cold_start import first_request_ratio
+from .floor import vit_encoder_floor
 from .onnxruntime_tuning import OPTIMIZATION_LEVELS, OrtTuning, mask_agreement, quantized_repository
 from .perf_analyzer import write_input_data
 from .plot import write_plot
@@ -218,13 +220,25 @@ def run_mode(runner: Runner, requests: int, warmup: int) -> Iterator[Record]:
             yield record
 
 
+def encoder_floor(sam, precision: str, eager_request: Record | None) -> dict:
+    """`floor.vit_encoder_floor` on the official encoder, with the int8 export's linear layers
+    (its first block's in fp32, as `INT8_FP32_SCOPES` keeps them), over eager's request p50."""
+    int8 = precision == "int8"
+    scopes = tuple(scope.removeprefix("image_encoder.") for scope in INT8_FP32_SCOPES) if int8 else ()
+    result = vit_encoder_floor(sam.image_encoder, int8=int8, fp32_scopes=scopes)
+    eager_ms = eager_request.latency.p50_ms if eager_request else None
+    result["over_eager_request"] = ratio(result["seconds"] * 1e3, eager_ms)
+    return result
+
+
 def run(job: BenchJob, settings: Settings) -> BenchResult:
     job.check()
     job.out.mkdir(parents=True, exist_ok=True)
     needs_repository = any(mode in ONNX_MODES for mode in job.modes) or ("triton" in job.modes and job.start_server)
     export = needs_repository and not _exported(job.repository_path, job.family)
     needs_sam = "eager" in job.modes or "torch-fp16" in job.modes
-    steps = Steps(total=export + bool(job.perf_analyzer_data) + needs_sam + len(job.modes) + 1)
+    floor = "eager" in job.modes and isinstance(registry.resolve(job.model, job.family), registry.ViTConfig)
+    steps = Steps(total=export + bool(job.perf_analyzer_data) + needs_sam + len(job.modes) + floor + 1)
     workload = Workload(sample_photo())
     result = BenchResult(
         family=job.family.name,
@@ -262,6 +276,9 @@ def run(job: BenchJob, settings: Settings) -> BenchResult:
     if result.int8 is not None:
         fp32, int8 = result.find("onnxruntime", "encoder"), result.find("onnxruntime-int8", "encoder")
         result.int8["encoder_speedup"] = ratio(fp32.latency.p50_ms, int8.latency.p50_ms) if fp32 else None
+    if floor:
+        with steps.step("timing this CPU's GEMM kernels for the encoder's arithmetic floor"):
+            result.floor = encoder_floor(sam, job.precision, result.find("eager", "request"))
     result.machine["load_average_1m_end"] = records.load_average()
     with steps.step(f"writing results.json, results.md and latency.png to {job.out}"):
         write_json(result, job.out / "results.json")

@@ -58,6 +58,7 @@ class BenchResult:
     export_parity: dict | None = None
     served_agreement: dict | None = None  # served masks against the official predictor's
     cold_start: dict | None = None  # the first request after ready against the next ones
+    floor: dict | None = None  # the encoder's arithmetic at this CPU's best GEMM rates (`floor`)
     family: str = "hqsam"  # the SAM family benchmarked (`perceptserve.hqsam.families`)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

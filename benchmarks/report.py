@@ -40,6 +40,7 @@ def to_json(result: BenchResult) -> dict:
         "export_parity": result.export_parity,
         "served_agreement": result.served_agreement,
         "cold_start": result.cold_start,
+        "floor": result.floor,
         "targets": [verdict.to_json() for verdict in verdicts(result)],
     }
 
@@ -179,11 +180,25 @@ def _cold_start_bullets(c: dict) -> list[str]:
     ]
 
 
+def _floor_bullets(f: dict) -> list[str]:
+    flops, rates = f["flops"], f["rates"]
+    kinds = ", ".join(f"{kind.replace('_', ' ')} {value / 1e9:,.1f}" for kind, value in flops.items())
+    return [
+        f"The encoder's FLOPs by kernel (PyTorch's FLOP counter, GFLOP): {kinds}.",
+        f"The best rates of ONNX Runtime's kernels at its shapes, timed in this run (GFLOP/s): "
+        f"fp32 linear {rates['fp32'] / 1e9:.0f}, int8 linear {rates['int8'] / 1e9:.0f}, "
+        f"attention {rates['attention'] / 1e9:.0f}.",
+        f"So the encoder's products alone take at least {f['seconds'] * 1e3:,.0f} ms here, every other op free: "
+        f"{f['over_eager_request']:.3f}x eager's request p50.",
+    ]
+
+
 # (BenchResult field, heading, its bullets): sections present only when the run measured them.
 OPTIONAL_SECTIONS = (
     ("int8", "ONNX Runtime int8 encoder (dynamic quantisation)", _int8_bullets),
     ("served_agreement", "Served masks against the official predictor", _served_agreement_bullets),
     ("cold_start", "First request after ready", _cold_start_bullets),
+    ("floor", "The encoder's arithmetic floor on this CPU", _floor_bullets),
 )
 
 

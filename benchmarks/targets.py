@@ -27,6 +27,7 @@ class Target:
     model_type: str | None = None  # the model the target is set for; None: any
     gpu: bool = False
     precision: str | None = None  # the export precision the target is set for; None: any
+    floor: Callable[[BenchResult], float | None] | None = None  # the least the measure can be here
 
     def format(self, value: float) -> str:
         return f"{value:.3f}x" if self.unit == "x" else f"{value:.1f} ms/image"
@@ -63,6 +64,11 @@ def _served_request_ratio(result: BenchResult) -> float | None:
     return ratio(_p50(result, "triton", "request"), _p50(result, "eager", "request"))
 
 
+def _floor_ratio(result: BenchResult) -> float | None:
+    """The encoder's arithmetic floor (`floor.vit_encoder_floor`) over eager's request p50."""
+    return result.floor["over_eager_request"] if result.floor else None
+
+
 def _cold_start_ratio(result: BenchResult) -> float | None:
     return result.cold_start["ratio"] if result.cold_start else None
 
@@ -75,6 +81,7 @@ TARGETS = (
         "x",
         _served_request_ratio,
         model_type="vit_b",
+        floor=_floor_ratio,
     ),
     Target(  # issue 15: an int8 encoder on the cpu target
         "served_request_vs_eager_int8",
@@ -84,6 +91,7 @@ TARGETS = (
         _served_request_ratio,
         model_type="vit_b",
         precision="int8",
+        floor=_floor_ratio,
     ),
     Target(
         "served_encoder_overhead",
@@ -116,6 +124,7 @@ TARGETS = (
             lambda r, b=batch: _p50(r, "torch-fp16", "encoder", b),
             model_type="vit_h",
             gpu=True,
+            floor=lambda r: GPU_FLOOR_MS,
         )
         for batch in (1, 8)
     ),
@@ -138,8 +147,9 @@ def verdicts(result: BenchResult) -> list[Verdict]:
         notes = []
         if target.model_type and target.model_type != result.model_type:
             notes.append(f"set for {target.model_type}; indicative on {result.model_type}")
-        if target.gpu and measured is not None:
-            notes.append(f"{measured / GPU_FLOOR_MS:.1f}x the {GPU_FLOOR_MS:g} ms/image compute floor")
+        floor = target.floor(result) if target.floor else None
+        if floor and measured is not None:
+            notes.append(f"{measured / floor:.2f}x its compute floor ({target.format(floor)})")
         if measured is None:
             out.append(Verdict(target, None, "not measured", "", "; ".join(notes)))
         else:

@@ -290,6 +290,10 @@ def test_int8_and_cold_start_targets():
     by_key = {v.target.key: v for v in targets.verdicts(result)}
     int8 = by_key["served_request_vs_eager_int8"]
     assert int8.target.limit == 0.30 and int8.measured == pytest.approx(9.0 / 16.5) and int8.status == "missed"
+    assert int8.note == ""  # no floor measured
+    result.floor = {"over_eager_request": 0.25}
+    int8 = {v.target.key: v for v in targets.verdicts(result)}["served_request_vs_eager_int8"]
+    assert int8.note == f"{9.0 / 16.5 / 0.25:.2f}x its compute floor (0.250x)"
     assert by_key["cold_start"].measured == 1.02 and by_key["cold_start"].status == "met"
 
 
@@ -311,7 +315,7 @@ def test_gpu_targets_only_with_a_gpu():
     assert by_key["gpu_encoder_fp16_batch1"].measured == pytest.approx(30.0)
     assert by_key["gpu_encoder_fp16_batch1"].status == "met"
     assert by_key["gpu_encoder_fp16_batch8"].measured == pytest.approx(20.0)  # 160 ms for 8 images
-    assert by_key["gpu_encoder_fp16_batch8"].note == "2.5x the 8 ms/image compute floor"
+    assert by_key["gpu_encoder_fp16_batch8"].note == "2.50x its compute floor (8.0 ms/image)"
 
 
 def test_ratio_to_eager_uses_the_same_stage():
@@ -484,6 +488,11 @@ def test_smoke_run_of_every_cpu_mode(small_vit, server, tmp_path):
         "cold_start",
     ]
     assert all(t["status"] in ("met", "missed") for t in document["targets"][:3])
+    floor, eager = document["floor"], result.find("eager", "request").latency.p50_ms
+    assert set(floor["flops"]) == {"linear", "attention", "convolution"}  # an fp32 export: no fp32 scopes
+    assert floor["rates"]["int8"] == floor["rates"]["fp32"] <= floor["rates"]["attention"]
+    assert floor["over_eager_request"] == pytest.approx(floor["seconds"] * 1e3 / eager)
+    assert document["targets"][0]["note"].endswith(f"its compute floor ({floor['over_eager_request']:.3f}x)")
     text = (tmp_path / "results.md").read_text()
     assert text == markdown(result)
     for heading in (
@@ -492,5 +501,60 @@ def test_smoke_run_of_every_cpu_mode(small_vit, server, tmp_path):
         "## Targets",
         "## ONNX Runtime int8 encoder",
         "## Served masks against the official predictor",
+        "## The encoder's arithmetic floor on this CPU",
     ):
         assert heading in text
+
+
+# --- bench datasetdm --diffusion: the floor ----------------------------------------------------
+
+
+def test_the_datasetdm_floor_counts_every_unet_call_of_the_image(tiny_export):
+    """The floor's arithmetic on the tiny pipeline: the hook counts one UNet call per scheduler
+    timestep (PNDM takes one more than the steps asked), a guided call is the batch of two (twice
+    the FLOPs of an unguided one), and the image adds one VAE decode."""
+    from diffusers import StableDiffusionPipeline
+    from perceptserve.benchmarks.datasetdm_full_size import diffusers_seconds, fp32_gemm_peak, image_flops
+
+    folder, steps, side = tiny_export.job.tiny_source, 3, 128
+    summary, flops = diffusers_seconds(folder, [0, 1], steps, side, guidance=7.5)
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler.set_timesteps(steps)
+    with torch.no_grad():
+        unguided = image_flops(pipe, side, 1, guided=False)
+    assert summary.count == 2
+    assert flops["unet_calls"] == len(pipe.scheduler.timesteps) == steps + 1
+    assert flops["unet_call"] == 2 * unguided["unet_call"] > 0
+    assert flops["vae_decode"] == unguided["vae_decode"] > 0
+    assert flops["image"] == (steps + 1) * flops["unet_call"] + flops["vae_decode"]
+    assert 1e9 < fp32_gemm_peak(side=256, runs=2) < 1e13  # FLOP/s: 2 * 256^3 per run, timed
+
+
+def test_the_encoder_floor_counts_each_kernels_flops():
+    """`flops_by_kind` on the small ViT against a count by hand: 64 x 64 tokens of width 64, two
+    heads, block 0 windowed (14 x 14, the grid padded to 70 x 70 for qkv and proj) and block 1
+    global; block 0's linear layers apart when it is an fp32 scope."""
+    from perceptserve.benchmarks.floor import flops_by_kind
+
+    from perceptserve.hqsam import registry
+
+    encoder = registry.build_reference(SMALL_VIT).image_encoder
+    dim, heads, tokens, padded, windows, window = 64, 2, 64 * 64, 70 * 70, 25, 14 * 14
+    head_dim = dim // heads
+
+    def linears(qkv_tokens: int) -> int:
+        return 2 * qkv_tokens * dim * (3 * dim + dim) + 2 * 2 * tokens * dim * 4 * dim
+
+    def attention(batch: int, side: int) -> int:
+        products = 2 * 2 * batch * side**2 * head_dim * side**2  # q.kT and attn.v
+        return products + 2 * 2 * batch * side**3 * head_dim  # the two relative-position einsums
+
+    convolutions = 2 * tokens * dim * 3 * 16 * 16 + 2 * tokens * 256 * dim + 2 * tokens * 256 * 256 * 9
+    counted = flops_by_kind(encoder, torch.zeros(1, 3, 1024, 1024), fp32_scopes=("blocks.0",))
+    assert counted == {
+        "linear": linears(tokens),
+        "linear_fp32": linears(padded),
+        "attention": attention(windows * heads, 14) + attention(heads, 64),
+        "convolution": convolutions,
+    }
+    assert windows * window == padded
