@@ -558,3 +558,39 @@ def test_the_encoder_floor_counts_each_kernels_flops():
         "convolution": convolutions,
     }
     assert windows * window == padded
+
+
+# --- bench hqsam-automatic ---------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_bench_hqsam_automatic_times_both_generators_on_the_same_photo(vit_tiny, tmp_path):
+    """One photo through the served `hqsam_automatic` and the official generator on the same
+    weights (the given export is reused): the same masks, each side's split, the ratio."""
+    from perceptserve.benchmarks.hqsam_automatic import AutomaticBench
+    from perceptserve.benchmarks.hqsam_automatic import run as run_automatic
+
+    repositories = tmp_path / "repositories"
+    repositories.mkdir()
+    (repositories / "vit_tiny").symlink_to(vit_tiny.repository, target_is_directory=True)
+    keep_all = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0)
+    job = AutomaticBench(
+        out=tmp_path / "out",
+        models=("vit_tiny",),
+        photos=("coffee",),
+        parameters=dict(points_per_side=4, **keep_all),
+        seed=vit_tiny.job.seed,
+        repositories=repositories,
+    )
+    figures = run_automatic(job, Settings())["models"]["vit_tiny"]
+    photo = figures["photos"]["coffee"]
+    assert "export_parity" not in figures and "target" not in figures  # reused; the target is vit_b's
+    agreement = photo["agreement"]
+    assert agreement["official_masks"] == agreement["served_masks"] >= 12
+    assert agreement["matched_at_iou_0.95"] >= 0.95
+    served, eager = photo["served"], photo["eager"]
+    assert min(served["encoder_s"], served["decoder_s"], served["postprocess_s"]) > 0
+    assert 0 <= served["transport_s"] < served["seconds"]
+    assert 0 < eager["encoder_s"] < eager["seconds"]
+    assert figures["served_over_eager"] == pytest.approx(served["seconds"] / eager["seconds"])
+    assert (job.out / "results.md").read_text().count("| vit_tiny | coffee |") == 1
