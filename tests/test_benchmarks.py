@@ -346,6 +346,7 @@ def test_report_files_have_every_field(tmp_path):
         "export_parity",
         "served_agreement",
         "cold_start",
+        "floor",
         "targets",
     }
     assert set(document["machine"]) == {
