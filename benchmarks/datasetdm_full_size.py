@@ -34,7 +34,7 @@ from perceptserve.server.memory import PeakSampler, by_process_mib, server_rss_m
 
 from perceptserve.settings import Settings
 
-from .floor import fp32_gemm_peak
+from .floor import counted_flops, fp32_gemm_peak
 from .report import write_results
 from .statistics import LatencySummary, ratio
 from .triton_statistics import delta, snapshot
@@ -82,21 +82,18 @@ def diffusers_seconds(
 
 def image_flops(pipe, side: int, unet_calls: int, guided: bool) -> dict:
     """FLOPs of one image: `unet_calls` UNet calls (batch 2 with guidance) and one VAE decode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     latent = side // pipe.vae_scale_factor
     batch = 2 if guided else 1
     text = torch.zeros(batch, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
-    with FlopCounterMode(display=False) as unet:
-        pipe.unet(torch.zeros(batch, pipe.unet.config.in_channels, latent, latent), 500, text)
-    with FlopCounterMode(display=False) as vae:
-        pipe.vae.decode(torch.zeros(1, pipe.vae.config.latent_channels, latent, latent))
-    per_call = unet.get_total_flops()
+    sample = torch.zeros(batch, pipe.unet.config.in_channels, latent, latent)
+    per_call = counted_flops(lambda: pipe.unet(sample, 500, text)).get_total_flops()
+    latents = torch.zeros(1, pipe.vae.config.latent_channels, latent, latent)
+    decode = counted_flops(lambda: pipe.vae.decode(latents)).get_total_flops()
     return {
         "unet_call": per_call,
         "unet_calls": unet_calls,
-        "vae_decode": vae.get_total_flops(),
-        "image": unet_calls * per_call + vae.get_total_flops(),
+        "vae_decode": decode,
+        "image": unet_calls * per_call + decode,
     }
 
 

@@ -79,15 +79,20 @@ def fp32_gemm_peak(side: int = 2048, runs: int = 10) -> float:
     return matmul_rate(side, side, side, runs=runs)
 
 
-def flops_by_kind(module: torch.nn.Module, *inputs: torch.Tensor, fp32_scopes: tuple[str, ...] = ()) -> dict:
-    """FLOPs of `module(*inputs)` by kernel kind (`KINDS`), the linear layers inside the
-    submodules `fp32_scopes` (dotted paths under `module`) apart as `linear_fp32`. The forward
-    runs on fake tensors: shapes only, in a second or two even for vit_h."""
+def counted_flops(call: Callable[[], object]) -> FlopCounterMode:
+    """PyTorch's FLOP counter over `call()` run on fake tensors: shapes only, no arithmetic (a
+    second or two even for vit_h or a full-size UNet), the same counts as a real run."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), FlopCounterMode(display=False) as counter:
-        module(*inputs)
-    counts = counter.get_flop_counts()
+        call()
+    return counter
+
+
+def flops_by_kind(module: torch.nn.Module, *inputs: torch.Tensor, fp32_scopes: tuple[str, ...] = ()) -> dict:
+    """FLOPs of `module(*inputs)` by kernel kind (`KINDS`), the linear layers inside the
+    submodules `fp32_scopes` (dotted paths under `module`) apart as `linear_fp32`."""
+    counts = counted_flops(lambda: module(*inputs)).get_flop_counts()
     kinds: dict[str, int] = defaultdict(int)
     for op, flops in counts["Global"].items():
         kinds[KINDS.get(str(op), "other")] += flops

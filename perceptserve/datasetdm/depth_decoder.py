@@ -40,6 +40,7 @@ class DepthConfig(StackingConfig):
 STRIPS = 8  # image heights are multiples of 64: every strip has at least 8 rows
 HALO = 1  # rows each side that the second 3x3 convolution reads
 TAPS = 3  # the first convolution's kernel size, along each axis
+MIDDLE = (5, 2)  # DatasetDM's first resize, as a fraction of the latent size: 160 for 64
 
 
 class DepthDecoder(StackingPyramid):
@@ -62,7 +63,7 @@ class DepthDecoder(StackingPyramid):
         """DatasetDM's own order: raw groups resized, then projected, the resizes to the image
         size, then the convolutions over the whole image; the same output."""
         highest = self.mix(*self.targets_from_raw(raw))[-1]
-        feature = resize(highest, scaled_size(highest, 5, 2))  # DatasetDM: 160 for 64
+        feature = resize(highest, scaled_size(highest, *MIDDLE))
         feature = resize(feature, scaled_size(highest, self.config.image_scale, 1))
         return self._scaled(self.last_layer_depth(feature))
 
@@ -91,7 +92,7 @@ class DepthDecoder(StackingPyramid):
         for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             top = start if index == 0 else start - HALO
             bottom = end if index == STRIPS - 1 else end + HALO
-            band = self.last_layer_depth[2](self.last_layer_depth[1](rows[top:bottom] @ columns + bias))
+            band = self.last_layer_depth[1:](rows[top:bottom] @ columns + bias)  # ReLU, second conv
             strips.append(band[:, :, start - top : start - top + (end - start)])
         return strips
 
@@ -104,8 +105,8 @@ def _shifted_resizes(size: int, image_scale: int) -> torch.Tensor:
     to the image size) as one matrix, once per tap offset (-1, 0, +1), its rows shifted by the
     offset with zeros beyond the edges (the convolution's padding), side by side."""
     basis = torch.eye(size).reshape(1, size, size, 1)  # channel k: the k-th unit vector
-    resized = resize(resize(basis, (size * 5 // 2, 1)), (size * image_scale, 1))
+    resized = resize(resize(basis, (size * MIDDLE[0] // MIDDLE[1], 1)), (size * image_scale, 1))
     matrix = resized[0, :, :, 0].T  # (out, in): output position <- latent position
-    padded = F.pad(matrix, (0, 0, 1, 1))
+    padded = F.pad(matrix, (0, 0, TAPS // 2, TAPS // 2))
     out = matrix.shape[0]
     return torch.cat([padded[offset : offset + out] for offset in range(TAPS)], dim=1)
